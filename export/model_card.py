@@ -1,0 +1,108 @@
+"""Model cards written next to an export: ``assets.extra/model_card.json`` and ``model_card.md``.
+
+The JSON card is for programs (what the model is, how to feed it, what it scored); the markdown
+card follows the tfhub.dev documentation format, whose ``<!-- key: value -->`` lines carry the
+metadata (format, task, fine-tunable, dataset, network-architecture).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+CARD_DIR = "assets.extra"
+JSON_NAME = "model_card.json"
+MARKDOWN_NAME = "model_card.md"
+HUB_TASK = "image-feature-vector"
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and anything JSON cannot hold as its ``str``."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    return str(value)
+
+
+def build_model_card(
+    model_name: str,
+    version: int,
+    image_size: tuple[int, int],
+    num_features: int,
+    metadata: dict[str, Any],
+    backbone_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The card as a dict: identity, input/output contract, signatures, and ``metadata``."""
+    known = ("task", "backbone", "dataset", "metrics")
+    return _jsonable({
+        "model_name": model_name,
+        "version": version,
+        "hub_task": HUB_TASK,
+        "format": "saved_model_2",
+        "fine_tunable": True,
+        "pretext_task": metadata.get("task"),
+        "backbone": metadata.get("backbone"),
+        "dataset": metadata.get("dataset"),
+        "metrics": metadata.get("metrics", {}),
+        "input": {
+            "hub_call": "float32 [batch, height, width, 3], RGB in [0, 1], any height/width",
+            "serving_default": "uint8 [batch, height, width, 3] 'images', RGB in [0, 255]",
+            "serving_bytes": "string [batch] 'image_bytes', encoded PNG/JPEG/GIF/BMP",
+            "image_size": list(image_size),
+            "value_range": [0.0, 1.0],
+        },
+        "output": {"name": "features", "dtype": "float32", "shape": [None, num_features]},
+        "backbone_config": backbone_config or {},
+        "metadata": {k: v for k, v in metadata.items() if k not in known},
+    })
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The card rendered as a tfhub.dev-style markdown document."""
+    lines = [
+        f"# Module selfsup/{card['model_name']}/{card['version']}",
+        "",
+        f"<!-- task: {card['hub_task']} -->",
+        f"<!-- format: {card['format']} -->",
+        f"<!-- fine-tunable: {str(card['fine_tunable']).lower()} -->",
+        f"<!-- network-architecture: {card['backbone']} -->",
+        f"<!-- dataset: {card['dataset']} -->",
+        "",
+        f"Image feature vector from a `{card['backbone']}` encoder pretrained with the "
+        f"self-supervised `{card['pretext_task']}` task on `{card['dataset']}`.",
+        "",
+        "## Usage",
+        "",
+        f"- Hub `__call__(images, training=False)`: {card['input']['hub_call']}; "
+        f"returns float32 `[batch, {card['output']['shape'][1]}]`.",
+        f"- `serving_default`: {card['input']['serving_default']} → `features`.",
+        f"- `serving_bytes`: {card['input']['serving_bytes']} → `features`.",
+        f"- Serving signatures resize to {card['input']['image_size'][0]}×"
+        f"{card['input']['image_size'][1]}.",
+        "",
+        "## Metrics",
+        "",
+    ]
+    metrics = card["metrics"] or {}
+    if isinstance(metrics, dict) and metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in metrics.items()]
+    else:
+        lines.append("None recorded." if not metrics else f"{metrics}")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(version_dir: str | pathlib.Path, card: dict[str, Any]) -> pathlib.Path:
+    """Writes the JSON and markdown cards under ``assets.extra/``; returns the JSON path."""
+    card_dir = pathlib.Path(version_dir) / CARD_DIR
+    card_dir.mkdir(parents=True, exist_ok=True)
+    json_path = card_dir / JSON_NAME
+    json_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (card_dir / MARKDOWN_NAME).write_text(card_markdown(card))
+    return json_path

@@ -1,0 +1,168 @@
+"""Exports a backbone as a TF Hub image feature vector that TF Serving can also serve.
+
+The Keras 3 backbone is wrapped in a plain ``tf.Module`` that holds the backbone's underlying
+``tf.Variable`` objects and tf.functions calling it; the Keras model itself is not part of the
+saved object graph (saving a Keras 3 model directly gives a SavedModel whose variables do not
+restore under the TF1 loader used by ``saved_model_cli`` and TF Serving). The SavedModel has:
+
+* the reusable-SavedModel API of TF Hub: ``__call__(images, training=False)`` traced for both
+  training modes, on float32 RGB ``[batch, height, width, 3]`` in [0, 1] → ``[batch, features]``,
+  plus ``variables``, ``trainable_variables`` and ``regularization_losses``;
+* ``serving_default``: uint8 ``images`` ``[batch, height, width, 3]`` → ``{"features"}``;
+* ``serving_bytes``: encoded images ``image_bytes`` ``[batch]`` → ``{"features"}``;
+
+both serving signatures resize to the training image size when the input size differs.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from selfsup.export.layout import atomic_version_dir
+from selfsup.export.model_card import build_model_card, write_model_card
+from selfsup.models.backbone import FEATURE_ENDPOINT
+
+SERVING_DEFAULT = "serving_default"
+SERVING_BYTES = "serving_bytes"
+IMAGES_INPUT = "images"
+BYTES_INPUT = "image_bytes"
+FEATURES_OUTPUT = "features"
+
+_HUB_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)
+
+
+def normalize_image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``image_size`` as ``(height, width)`` of positive ints (an int means a square)."""
+    size = (image_size, image_size) if isinstance(image_size, int | np.integer) else image_size
+    size = tuple(size)
+    if len(size) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in size):
+        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size}")
+    return int(size[0]), int(size[1])
+
+
+def _resize_if_needed(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Resizes float ``[..., h, w, c]`` images to ``size`` unless they already have that size."""
+    shape = tf.shape(images)
+    same = tf.logical_and(tf.equal(shape[-3], size[0]), tf.equal(shape[-2], size[1]))
+    resized = tf.cond(
+        same, lambda: images, lambda: tf.image.resize(images, size, antialias=True)
+    )
+    return tf.ensure_shape(resized, images.shape[:-3].concatenate([size[0], size[1], 3]))
+
+
+class _Forward:
+    """Calls the backbone and returns its feature endpoint.
+
+    A plain (non-trackable) holder, so the Keras model does not enter the saved object graph.
+    """
+
+    def __init__(self, backbone: keras.Model) -> None:
+        self.backbone = backbone
+
+    def __call__(self, images: tf.Tensor, training: bool) -> tf.Tensor:
+        features = self.backbone(images, training=training)[FEATURE_ENDPOINT]
+        return tf.cast(features, tf.float32)
+
+
+class HubEncoderModule(tf.Module):
+    """The exported object: Hub ``__call__`` API plus the two TF Serving signatures."""
+
+    # tf.Module computes these as properties; the Hub convention needs saved attributes.
+    variables = None
+    trainable_variables = None
+
+    def __init__(self, backbone: keras.Model, image_size: int | tuple[int, int]) -> None:
+        super().__init__(name="selfsup_encoder")
+        self._image_size = normalize_image_size(image_size)
+        probe = backbone(np.zeros((1, *self._image_size, 3), np.float32), training=False)
+        if not isinstance(probe, dict) or FEATURE_ENDPOINT not in probe:
+            raise ValueError(
+                f"backbone must return a dict of endpoints with {FEATURE_ENDPOINT!r}, "
+                f"got {type(probe).__name__}"
+            )
+        if len(probe[FEATURE_ENDPOINT].shape) != 2:
+            raise ValueError(f"endpoint {FEATURE_ENDPOINT!r} must be [batch, num_features]")
+        self.num_features = int(probe[FEATURE_ENDPOINT].shape[-1])
+        self._forward = _Forward(backbone)
+        # Keras 3 variables wrap tf.Variables; the traced functions capture the wrapped ones.
+        self.variables = [getattr(v, "value", v) for v in backbone.variables]
+        self.trainable_variables = [v for v in self.variables if v.trainable]
+        self.regularization_losses = []
+        for training in (False, True):
+            self.__call__.get_concrete_function(_HUB_IMAGES, training=training)
+
+    @tf.function
+    def __call__(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Hub API: float32 RGB in [0, 1], any size → ``[batch, num_features]``."""
+        return self._forward(images, training=training)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
+    def serve_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 RGB images → features, resized to the export image size."""
+        floats = tf.cast(images, tf.float32) / 255.0
+        return {FEATURES_OUTPUT: self._forward(
+            _resize_if_needed(floats, self._image_size), training=False)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Encoded images (PNG/JPEG/GIF/BMP; grayscale becomes RGB) → features."""
+        height, width = self._image_size
+
+        def decode(encoded: tf.Tensor) -> tf.Tensor:
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            return _resize_if_needed(tf.cast(image, tf.float32) / 255.0, self._image_size)
+
+        images = tf.map_fn(
+            decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32)
+        )
+        return {FEATURES_OUTPUT: self._forward(images, training=False)}
+
+    def serving_signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """The signatures to save, with input names ``images`` and ``image_bytes``."""
+        return {
+            SERVING_DEFAULT: self.serve_images.get_concrete_function(),
+            SERVING_BYTES: self.serve_bytes.get_concrete_function(),
+        }
+
+
+def _backbone_config(backbone: keras.Model) -> dict[str, Any]:
+    try:
+        return dict(backbone.get_config())
+    except NotImplementedError:
+        return {}
+
+
+def export_encoder(
+    backbone: keras.Model,
+    export_dir: str | os.PathLike,
+    model_name: str,
+    version: int | None = None,
+    *,
+    image_size: int | tuple[int, int],
+    metadata: dict[str, Any],
+) -> pathlib.Path:
+    """Exports ``backbone`` to ``<export_dir>/<model_name>/<version>/`` and returns that path.
+
+    ``version=None`` picks the next integer after the existing versions (1 for the first);
+    an existing version raises :class:`~selfsup.export.layout.VersionExistsError` (a
+    ValueError). The directory appears atomically and a failed export leaves nothing behind.
+    ``metadata`` (task, backbone, dataset, metrics, ...) goes into the model card in
+    ``assets.extra/``.
+    """
+    size = normalize_image_size(image_size)
+    with atomic_version_dir(export_dir, model_name, version) as (temp_dir, version):
+        module = HubEncoderModule(backbone, size)
+        tf.saved_model.save(module, str(temp_dir), signatures=module.serving_signatures())
+        card = build_model_card(
+            model_name, version, size, module.num_features, dict(metadata),
+            backbone_config=_backbone_config(backbone),
+        )
+        write_model_card(temp_dir, card)
+    return pathlib.Path(export_dir) / model_name / str(version)

@@ -1,0 +1,33 @@
+"""The contract every backbone follows, and the backbone registry.
+
+A backbone is a ``keras.Model`` whose ``call(images, training=None)`` takes float32 RGB images
+``[batch, height, width, 3]`` in [0, 1] and returns an ordered dict of named endpoints (input to
+output), ending with ``"pool"``: the global-average-pooled feature vector. Every endpoint can be
+probed (``selfsup-eval``) or exported (``selfsup-export``).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from selfsup.models.registry import Registry
+
+BACKBONES: Registry[keras.Model] = Registry("backbone")
+
+FEATURE_ENDPOINT = "pool"
+
+
+def build_backbone(name: str, **kwargs) -> keras.Model:
+    """Builds the registered backbone ``name`` (unknown names list the valid ones)."""
+    return BACKBONES.build(name, **kwargs)
+
+
+def make_batch_norm(synchronized: bool, name: str | None = None) -> keras.layers.BatchNormalization:
+    """BatchNorm with the epsilon/momentum of the torchvision/He et al. ResNets.
+
+    ``synchronized=True`` computes batch statistics across all replicas of a tf.distribute
+    strategy, so results do not depend on how the global batch is split.
+    """
+    return keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
+    )

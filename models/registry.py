@@ -1,0 +1,57 @@
+"""Name → builder registries, shared by backbones, heads and tasks.
+
+A registry maps the names users type on the command line (``--backbone=resnet18``) to builder
+callables. Unknown names raise :class:`ConfigError` listing every valid name, so a typo is a one
+line message and not a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A mistake in user input (flags, names, paths) that the user can fix; printed as one line."""
+
+
+class Registry(Generic[T]):
+    """A named collection of builders of one kind (``kind`` appears in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._builders: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str, builder: Callable[..., T] | None = None):
+        """Registers ``builder`` under ``name``; usable as a decorator when ``builder`` is None."""
+
+        def add(fn: Callable[..., T]) -> Callable[..., T]:
+            if name in self._builders:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._builders[name] = fn
+            return fn
+
+        return add if builder is None else add(builder)
+
+    def get(self, name: str) -> Callable[..., T]:
+        """Returns the builder for ``name`` or raises ConfigError naming the valid choices."""
+        try:
+            return self._builders[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+            ) from None
+
+    def build(self, name: str, **kwargs) -> T:
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._builders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,149 @@
+"""The Task contract (after TF Model Garden's ``base_task.Task``) and the task registry.
+
+A task is single-replica code: it builds its model, its per-replica input pipeline, its losses
+and metrics, and says what one training step on one replica does. The trainer owns the
+strategy, the loop, checkpoints and summaries, so the same task runs on one device, on
+MirroredStrategy or on MultiWorkerMirroredStrategy unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import keras
+import tensorflow as tf
+
+from selfsup.datasets import ImageSource, open_source
+from selfsup.models import FEATURE_ENDPOINT, build_backbone
+from selfsup.models.registry import ConfigError, Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """What every task needs: the encoder, the data and the global batch."""
+
+    backbone: str = "resnet_small"
+    backbone_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    train_split: str = "train"
+    image_size: int = 28
+    global_batch_size: int = 64
+    synchronized_bn: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0:
+            raise ConfigError(f"image_size must be positive, got {self.image_size}")
+        if self.global_batch_size <= 0:
+            raise ConfigError(f"batch size must be positive, got {self.global_batch_size}")
+
+
+class PretextModel(keras.Model):
+    """A backbone plus a task head; ``call`` returns the backbone endpoints and the head output.
+
+    The encoder stays reachable as ``model.backbone`` (checkpoints store it under that name), so
+    probes and exporters can restore it without the head.
+    """
+
+    def __init__(self, backbone: keras.Model, head: keras.layers.Layer,
+                 head_input: str = FEATURE_ENDPOINT, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.head = head
+        self.head_input = head_input
+
+    def call(self, images, training=None):
+        endpoints = dict(self.backbone(images, training=training))
+        endpoints["logits"] = self.head(endpoints[self.head_input])
+        return endpoints
+
+
+class Task(abc.ABC):
+    """Base class of pretext and downstream tasks (see the module docstring)."""
+
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+        self._source: ImageSource | None = None
+
+    @property
+    def source(self) -> ImageSource:
+        """The resolved dataset (opened once, lazily, so building a model needs no data)."""
+        if self._source is None:
+            self._source = open_source(self.config.dataset, self.config.data_dir)
+            self._source.check_split(self.config.train_split)
+        return self._source
+
+    def build_backbone(self) -> keras.Model:
+        return build_backbone(self.config.backbone, input_size=self.config.image_size,
+                              synchronized_bn=self.config.synchronized_bn,
+                              **self.config.backbone_kwargs)
+
+    @abc.abstractmethod
+    def build_model(self) -> PretextModel:
+        """The trainable model: backbone plus this task's head."""
+
+    @abc.abstractmethod
+    def build_inputs(self, input_context: tf.distribute.InputContext | None = None
+                     ) -> tf.data.Dataset:
+        """Per-replica batches of ``(inputs, labels)`` with pseudo-labels made in-graph."""
+
+    def build_losses(self, labels: tf.Tensor, outputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Mean loss over this replica's batch (default: softmax cross-entropy on logits)."""
+        logits = tf.cast(outputs["logits"], tf.float32)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                   from_logits=True)
+        return tf.reduce_mean(per_example)
+
+    def build_metrics(self) -> list[keras.metrics.Metric]:
+        return [keras.metrics.Mean("loss"), keras.metrics.SparseCategoricalAccuracy("accuracy")]
+
+    def update_metrics(self, metrics: list[keras.metrics.Metric], loss: tf.Tensor,
+                       labels: tf.Tensor, outputs: dict[str, tf.Tensor]) -> None:
+        for metric in metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(labels, tf.cast(outputs["logits"], tf.float32))
+
+    def per_replica_batch_size(self, input_context: tf.distribute.InputContext | None) -> int:
+        if input_context is None:
+            return self.config.global_batch_size
+        return input_context.get_per_replica_batch_size(self.config.global_batch_size)
+
+    def train_step(self, inputs, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                   metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
+        """One step on one replica; the loss is scaled so replica gradients sum to the mean."""
+        images, labels = inputs
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            loss = self.build_losses(labels, outputs)
+            scaled_loss = loss / num_replicas
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                scaled_loss = optimizer.scale_loss(scaled_loss)
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        self.update_metrics(metrics, loss, labels, outputs)
+        return {"loss": loss}
+
+    def validation_step(self, inputs, model: keras.Model,
+                        metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
+        images, labels = inputs
+        outputs = model(images, training=False)
+        loss = self.build_losses(labels, outputs)
+        self.update_metrics(metrics, loss, labels, outputs)
+        return {"loss": loss}
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def task_class(name: str) -> type[Task]:
+    """The registered Task class for ``name`` (unknown names list the valid ones)."""
+    return TASKS.get(name)

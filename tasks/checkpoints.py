@@ -1,0 +1,80 @@
+"""What a training run leaves in its model dir, and how encoders are rebuilt from it.
+
+``<model_dir>/run_config.json`` records the task, its config and the trainer settings;
+``<model_dir>/ckpt-<step>`` are tf.train checkpoints whose ``model/backbone`` subtree is the
+encoder. Probes and exporters restore just that subtree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from selfsup.models import build_backbone
+from selfsup.models.registry import ConfigError
+from selfsup.tasks.base import Task, TaskConfig, task_class
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def write_run_config(model_dir: str | Path, task_name: str, task_config: TaskConfig,
+                     trainer_settings: dict[str, Any]) -> dict[str, Any]:
+    """Writes ``run_config.json`` (atomically) and returns what it wrote."""
+    run_config = {"task": task_name, **dataclasses.asdict(task_config),
+                  "trainer": trainer_settings}
+    path = Path(model_dir) / RUN_CONFIG_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return run_config
+
+
+def read_run_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{model_dir} is not a selfsup training dir (no {RUN_CONFIG_FILE})")
+    return json.loads(path.read_text())
+
+
+def task_from_run_config(run_config: dict[str, Any]) -> Task:
+    """Rebuilds the Task (with its config) that produced ``run_config``."""
+    cls = task_class(run_config["task"])
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    return cls(cls.config_class(**{k: v for k, v in run_config.items() if k in fields}))
+
+
+def build_encoder(run_config: dict[str, Any], seed: int | None = None) -> keras.Model:
+    """The run's backbone architecture, freshly initialised (seeded) and built.
+
+    Synchronized BatchNorm is switched off: it only matters across replicas while training and
+    has the same variables, so the result restores the run's checkpoints.
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    size = run_config["image_size"]
+    encoder = build_backbone(run_config["backbone"], input_size=size, synchronized_bn=False,
+                             **run_config.get("backbone_kwargs", {}))
+    encoder(tf.zeros([1, size, size, 3]), training=False)
+    return encoder
+
+
+def latest_checkpoint(model_dir: str | Path) -> str:
+    path = tf.train.latest_checkpoint(str(model_dir))
+    if path is None:
+        raise ConfigError(f"no checkpoint in {model_dir}; train first (selfsup-train)")
+    return path
+
+
+def restore_encoder(model_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]:
+    """The trained encoder of the run in ``model_dir`` (latest checkpoint) and its run config."""
+    run_config = read_run_config(model_dir)
+    encoder = build_encoder(run_config)
+    checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=encoder))
+    status = checkpoint.restore(latest_checkpoint(model_dir))
+    status.expect_partial().assert_existing_objects_matched()
+    return encoder, run_config

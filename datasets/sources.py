@@ -42,6 +42,12 @@ class ImageSource:
         return self.builder.info.splits[split].num_examples
 
     @property
+    def default_image_size(self) -> int:
+        """The images' own side length when the dataset fixes it, else 224 (ImageNet)."""
+        shape = self.builder.info.features[self.image_key].shape
+        return shape[0] if shape and shape[0] and shape[0] == shape[1] else 224
+
+    @property
     def eval_split(self) -> str:
         """The held-out split used for reporting: ``test`` when present, else ``validation``."""
         for split in ("test", "validation", "val"):

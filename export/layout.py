@@ -1,4 +1,4 @@
-"""The TF Serving directory layout ``<export_dir>/<model_name>/<integer version>/``, written atomically.
+"""The TF Serving layout ``<export_dir>/<model_name>/<integer version>/``, written atomically.
 
 TF Serving watches ``<export_dir>/<model_name>/`` and serves the highest integer sub-directory, so
 a version directory must appear complete or not at all. :func:`atomic_version_dir` hands out a

@@ -57,17 +57,40 @@ def _resize_if_needed(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 class _Forward:
-    """Calls the backbone and returns its feature endpoint.
+    """Runs the backbone on the export's own copies of its variables (in a ``StatelessScope``).
 
+    The copies are named by their Keras paths below the model (the Keras variables' tf.Variables
+    are all named ``<model>/kernel`` etc.; tf-keras and h5 files want unique names) and belong
+    to the export only, so tracing and training the export never touches the Keras model.
     A plain (non-trackable) holder, so the Keras model does not enter the saved object graph.
     """
 
     def __init__(self, backbone: keras.Model) -> None:
         self.backbone = backbone
+        with tf.init_scope():
+            self.copies = {id(v): _copy(v, backbone.name) for v in backbone.variables}
 
     def __call__(self, images: tf.Tensor, training: bool) -> tf.Tensor:
-        features = self.backbone(images, training=training)[FEATURE_ENDPOINT]
-        return tf.cast(features, tf.float32)
+        variables = self.backbone.variables
+        mapping = [(v, self.copies[id(v)]) for v in variables]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            before = [scope.get_current_value(v) for v in variables]
+            outputs = self.backbone(images, training=training)
+        # BatchNorm moving statistics (and any RNG state) that the call updated.
+        updates = [
+            self.copies[id(v)].assign(scope.get_current_value(v))
+            for v, old in zip(variables, before, strict=True)
+            if scope.get_current_value(v) is not old
+        ]
+        with tf.control_dependencies(updates):
+            return tf.cast(outputs[FEATURE_ENDPOINT], tf.float32)
+
+
+def _copy(variable: keras.Variable, model_name: str) -> tf.Variable:
+    """A tf.Variable with ``variable``'s value, named by its path below the model."""
+    parts = variable.path.split("/")
+    name = "/".join(parts[1:]) if len(parts) > 1 and parts[0] == model_name else variable.path
+    return tf.Variable(variable.numpy(), name=name, trainable=variable.trainable)
 
 
 class HubEncoderModule(tf.Module):
@@ -90,8 +113,7 @@ class HubEncoderModule(tf.Module):
             raise ValueError(f"endpoint {FEATURE_ENDPOINT!r} must be [batch, num_features]")
         self.num_features = int(probe[FEATURE_ENDPOINT].shape[-1])
         self._forward = _Forward(backbone)
-        # Keras 3 variables wrap tf.Variables; the traced functions capture the wrapped ones.
-        self.variables = [getattr(v, "value", v) for v in backbone.variables]
+        self.variables = list(self._forward.copies.values())
         self.trainable_variables = [v for v in self.variables if v.trainable]
         self.regularization_losses = []
         for training in (False, True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from selfsup.models.normalization import BatchNormalization
 from selfsup.models.registry import Registry
 
 BACKBONES: Registry[keras.Model] = Registry("backbone")
@@ -17,9 +18,12 @@ BACKBONES: Registry[keras.Model] = Registry("backbone")
 FEATURE_ENDPOINT = "pool"
 
 
-def build_backbone(name: str, **kwargs) -> keras.Model:
-    """Builds the registered backbone ``name`` (unknown names list the valid ones)."""
-    return BACKBONES.build(name, **kwargs)
+def build_backbone(backbone: str, **kwargs) -> keras.Model:
+    """Builds the registered backbone ``backbone`` (unknown names list the valid ones).
+
+    ``kwargs`` go to its constructor (``input_size``, ``synchronized_bn``, ``name``, …).
+    """
+    return BACKBONES.build(backbone, **kwargs)
 
 
 def make_batch_norm(synchronized: bool, name: str | None = None) -> keras.layers.BatchNormalization:
@@ -28,6 +32,6 @@ def make_batch_norm(synchronized: bool, name: str | None = None) -> keras.layers
     ``synchronized=True`` computes batch statistics across all replicas of a tf.distribute
     strategy, so results do not depend on how the global batch is split.
     """
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
     )

@@ -44,8 +44,8 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
             ) from None
 
-    def build(self, name: str, **kwargs) -> T:
-        return self.get(name)(**kwargs)
+    def build(self, registered_name: str, **kwargs) -> T:
+        return self.get(registered_name)(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._builders)

@@ -19,6 +19,8 @@ from selfsup.datasets import ImageSource, open_source
 from selfsup.models import FEATURE_ENDPOINT, build_backbone
 from selfsup.models.registry import ConfigError, Registry
 
+BACKBONE_NAME = "backbone"
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
@@ -79,8 +81,9 @@ class Task(abc.ABC):
         return self._source
 
     def build_backbone(self) -> keras.Model:
+        # The fixed name keeps checkpoint keys ("backbone/...") independent of build order.
         return build_backbone(self.config.backbone, input_size=self.config.image_size,
-                              synchronized_bn=self.config.synchronized_bn,
+                              synchronized_bn=self.config.synchronized_bn, name=BACKBONE_NAME,
                               **self.config.backbone_kwargs)
 
     @abc.abstractmethod

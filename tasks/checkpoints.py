@@ -1,8 +1,10 @@
 """What a training run leaves in its model dir, and how encoders are rebuilt from it.
 
 ``<model_dir>/run_config.json`` records the task, its config and the trainer settings;
-``<model_dir>/ckpt-<step>`` are tf.train checkpoints whose ``model/backbone`` subtree is the
-encoder. Probes and exporters restore just that subtree.
+``<model_dir>/ckpt-<step>`` are tf.train checkpoints of the model's variables keyed by their path
+inside the model (``backbone/res2_block1/conv1/kernel``, ``head/logits/kernel``) plus the
+optimizer. Keras 3 models do not expose their layers to tf.train's object graph, so the keys are
+made explicit here; probes and exporters restore just the ``backbone/`` entries.
 """
 
 from __future__ import annotations
@@ -17,9 +19,31 @@ import tensorflow as tf
 
 from selfsup.models import build_backbone
 from selfsup.models.registry import ConfigError
-from selfsup.tasks.base import Task, TaskConfig, task_class
+from selfsup.tasks.base import BACKBONE_NAME, Task, TaskConfig, task_class
 
 RUN_CONFIG_FILE = "run_config.json"
+
+
+def variable_map(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """``layer``'s variables keyed by their path below ``layer`` (stable across builds).
+
+    Keras prefixes variable paths with the names of enclosing layers, which Keras makes unique
+    per process (``res_net_1``); cutting at ``layer``'s own name removes that dependence.
+    """
+    mapping = {}
+    for variable in layer.variables:
+        parts = variable.path.split("/")
+        key = "/".join(parts[parts.index(layer.name) + 1:]) if layer.name in parts else (
+            variable.path)
+        if key in mapping:
+            raise ValueError(f"two variables of {layer.name} share the path {key!r}")
+        mapping[key] = variable
+    return mapping
+
+
+def model_checkpoint(model: keras.Model, **extra) -> tf.train.Checkpoint:
+    """A checkpoint of ``model``'s variables by path (and of ``extra`` trackables)."""
+    return tf.train.Checkpoint(model=variable_map(model), **extra)
 
 
 def write_run_config(model_dir: str | Path, task_name: str, task_config: TaskConfig,
@@ -58,7 +82,7 @@ def build_encoder(run_config: dict[str, Any], seed: int | None = None) -> keras.
         keras.utils.set_random_seed(seed)
     size = run_config["image_size"]
     encoder = build_backbone(run_config["backbone"], input_size=size, synchronized_bn=False,
-                             **run_config.get("backbone_kwargs", {}))
+                             name=BACKBONE_NAME, **run_config.get("backbone_kwargs", {}))
     encoder(tf.zeros([1, size, size, 3]), training=False)
     return encoder
 
@@ -74,7 +98,9 @@ def restore_encoder(model_dir: str | Path) -> tuple[keras.Model, dict[str, Any]]
     """The trained encoder of the run in ``model_dir`` (latest checkpoint) and its run config."""
     run_config = read_run_config(model_dir)
     encoder = build_encoder(run_config)
-    checkpoint = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=encoder))
+    encoder_variables = {f"{BACKBONE_NAME}/{key}": variable
+                         for key, variable in variable_map(encoder).items()}
+    checkpoint = tf.train.Checkpoint(model=encoder_variables)
     status = checkpoint.restore(latest_checkpoint(model_dir))
     status.expect_partial().assert_existing_objects_matched()
     return encoder, run_config

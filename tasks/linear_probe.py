@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
 from selfsup.datasets import ImageSource, image_label_dataset
 from selfsup.models import ConfigError
 from selfsup.tasks.features import DEFAULT_POOL_SIZE, extract_features
@@ -32,21 +33,35 @@ DEFAULT_TRAIN_EXAMPLES = 10_000
 # A feature whose train-set spread is below this is constant (e.g. a dead ReLU channel); it is
 # centred but not scaled, so it stays zero instead of blowing up.
 MIN_FEATURE_STD = 1e-6
+# One L2 strength per decade. The best strength differs by layer by three decades (on
+# Fashion-MNIST 10k: ~1e-5 for 144 stem features, ~1e-2 for 784 raw pixels) and a fixed value
+# costs up to 4 points on some layer, so each probe picks its own on held-out train examples.
+WEIGHT_DECAY_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearClassifierConfig:
-    """Softmax-regression training settings for one probe.
+    """Softmax-regression settings shared by every probe (see the module docstring)."""
 
-    Measured on Fashion-MNIST (10k train, random-init ``resnet_small`` at 3×3 and raw pixels):
-    these settings reach within ~0.2 points of a 10× longer run.
-    """
+    # Full-batch Adam with a cosine-decayed learning rate; measured to land within ~0.2 points
+    # of a fully converged solution (gradient norm < 1e-3) on every grid value.
+    steps: int = 500
+    learning_rate: float = 0.05
+    # L2 on the weights (not the bias): loss = mean cross-entropy + weight_decay / 2 · ‖W‖².
+    weight_decays: tuple[float, ...] = WEIGHT_DECAY_GRID
+    # Share of the train examples held out to choose the weight decay; the chosen value is then
+    # refitted on all train examples.
+    validation_fraction: float = 0.2
 
-    epochs: int = 30
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    # L2 on the weights (not the bias): loss = cross-entropy + weight_decay / 2 · ‖W‖².
-    weight_decay: float = 1e-4
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """One endpoint's probe: test top-1 (%), the chosen L2 strength and its validation top-1."""
+
+    top1: float
+    weight_decay: float
+    validation_top1: float
+    num_features: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,68 +82,85 @@ class Standardizer:
         return ((features - self.mean) / self.scale).astype(np.float32)
 
 
-def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                            seed: int = 0,
-                            config: LinearClassifierConfig = LinearClassifierConfig(),
-                            ) -> keras.layers.Dense:
-    """Fits softmax regression (a zero-initialised Dense layer) on already standardised features.
+def fit_softmax_regression(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                           weight_decays: tuple[float, ...] | list[float],
+                           steps: int = 500, learning_rate: float = 0.05,
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Fits one softmax regression per weight decay, all at once, on standardised features.
 
-    The loss is convex, so zero initialisation is fine; ``seed`` fixes the mini-batch order.
+    Returns kernels ``[len(weight_decays), d, num_classes]`` and biases
+    ``[len(weight_decays), num_classes]``. The loss is convex and the optimisation full-batch
+    from zero, so the result is deterministic. The classifiers share nothing but the batched
+    matmul: the summed loss has independent gradients and Adam is element-wise.
     """
-    if features.ndim != 2 or len(features) != len(labels):
-        raise ValueError(f"need features [n, d] and labels [n], got {features.shape} and "
-                         f"{labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}..."
+    if features.ndim != 2 or len(features) != len(labels) or not len(labels):
+        raise ValueError(f"need features [n, d] and labels [n] with n > 0, got "
+                         f"{features.shape} and {labels.shape}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}.."
                          f"{labels.max()}")
-    dense = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="linear_probe")
-    dense.build((None, features.shape[1]))
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    optimizer.build(dense.trainable_variables)
-    x_all = tf.constant(features, tf.float32)
-    y_all = tf.constant(labels, tf.int64)
+    count, dims = len(weight_decays), features.shape[1]
+    x = tf.constant(features, tf.float32)
+    y = tf.constant(labels, tf.int64)
+    decays = tf.constant(weight_decays, tf.float32)
+    kernel = tf.Variable(tf.zeros([count, dims, num_classes]), name="kernel")
+    bias = tf.Variable(tf.zeros([count, num_classes]), name="bias")
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+    optimizer = keras.optimizers.Adam(schedule)
 
-    @tf.function(reduce_retracing=True)
-    def train_step(indices: tf.Tensor) -> tf.Tensor:
-        x = tf.gather(x_all, indices)
-        y = tf.gather(y_all, indices)
-        with tf.GradientTape() as tape:
-            logits = dense(x)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-            loss += 0.5 * config.weight_decay * tf.reduce_sum(tf.square(dense.kernel))
-        gradients = tape.gradient(loss, dense.trainable_variables)
-        optimizer.apply(gradients, dense.trainable_variables)
-        return loss
+    @tf.function
+    def train() -> None:
+        for _ in tf.range(steps):
+            with tf.GradientTape() as tape:
+                logits = tf.einsum("nd,gdk->gnk", x, kernel) + bias[:, None, :]
+                cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    tf.broadcast_to(y, [count, len(labels)]), logits)
+                loss = tf.reduce_sum(tf.reduce_mean(cross_entropy, axis=1)
+                                     + 0.5 * decays * tf.reduce_sum(tf.square(kernel), [1, 2]))
+            optimizer.apply_gradients(zip(tape.gradient(loss, [kernel, bias]), [kernel, bias],
+                                          strict=True))
 
-    rng = np.random.default_rng(seed)
-    count = len(labels)
-    for _ in range(config.epochs):
-        order = rng.permutation(count)
-        for begin in range(0, count, config.batch_size):
-            train_step(tf.constant(order[begin:begin + config.batch_size]))
-    return dense
+    train()
+    return kernel.numpy(), bias.numpy()
 
 
-def top1_accuracy(classifier: keras.layers.Layer, features: np.ndarray, labels: np.ndarray,
-                  batch_size: int = 4096) -> float:
-    """Top-1 accuracy (%) of ``classifier``'s logits on ``features`` against ``labels``."""
-    correct = 0
-    for begin in range(0, len(labels), batch_size):
-        logits = classifier(tf.constant(features[begin:begin + batch_size]))
-        predicted = np.argmax(keras.ops.convert_to_numpy(logits), axis=1)
-        correct += int(np.sum(predicted == labels[begin:begin + batch_size]))
-    return 100.0 * correct / max(len(labels), 1)
+def top1_accuracy(kernel: np.ndarray, bias: np.ndarray, features: np.ndarray,
+                  labels: np.ndarray) -> float:
+    """Top-1 accuracy (%) of the linear classifier ``features @ kernel + bias``."""
+    predicted = np.argmax(features @ kernel + bias, axis=1)
+    return 100.0 * float(np.mean(predicted == labels))
 
 
 def probe_features(train_features: np.ndarray, train_labels: np.ndarray,
                    test_features: np.ndarray, test_labels: np.ndarray, num_classes: int,
                    seed: int = 0, config: LinearClassifierConfig = LinearClassifierConfig(),
-                   ) -> float:
-    """Standardises with train statistics, fits softmax regression, returns test top-1 (%)."""
+                   ) -> ProbeResult:
+    """Standardises with train statistics, picks the L2 strength on a seeded held-out share of
+    the train examples, refits on all of them and returns the test top-1 (%)."""
     standardize = Standardizer.fit(train_features)
-    classifier = train_linear_classifier(standardize(train_features), train_labels,
-                                         num_classes, seed, config)
-    return top1_accuracy(classifier, standardize(test_features), test_labels)
+    train_x, test_x = standardize(train_features), standardize(test_features)
+    decays = tuple(config.weight_decays)
+    validation_top1 = float("nan")
+    if len(decays) > 1:
+        order = np.random.default_rng(seed).permutation(len(train_labels))
+        held_out = max(1, int(round(config.validation_fraction * len(order))))
+        if held_out >= len(order):
+            raise ValueError(f"{len(order)} train examples are too few to hold out "
+                             f"{config.validation_fraction:.0%} for validation")
+        fit_part, validation_part = order[held_out:], order[:held_out]
+        kernels, biases = fit_softmax_regression(
+            train_x[fit_part], train_labels[fit_part], num_classes, decays, config.steps,
+            config.learning_rate)
+        scores = [top1_accuracy(k, b, train_x[validation_part], train_labels[validation_part])
+                  for k, b in zip(kernels, biases, strict=True)]
+        # Ties go to the stronger penalty (the simpler model).
+        best = max(range(len(decays)), key=lambda i: (scores[i], decays[i]))
+        decays, validation_top1 = (decays[best],), scores[best]
+    kernels, biases = fit_softmax_regression(train_x, train_labels, num_classes, decays,
+                                             config.steps, config.learning_rate)
+    return ProbeResult(top1=top1_accuracy(kernels[0], biases[0], test_x, test_labels),
+                       weight_decay=decays[0], validation_top1=validation_top1,
+                       num_features=train_features.shape[1])
 
 
 def seeded_subset(total: int, count: int | None, seed: int) -> np.ndarray | None:

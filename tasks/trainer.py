@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import Task
+from selfsup.tasks.checkpoints import model_checkpoint
 from selfsup.tasks.optimization import make_optimizer, make_schedule
 
 MIXED_PRECISION_POLICIES = ("none", "mixed_bfloat16", "mixed_float16")
@@ -86,7 +87,7 @@ class Trainer:
                                             loss_scale=config.mixed_precision == "mixed_float16")
             self.optimizer.build(self.model.trainable_variables)
             self.metrics = task.build_metrics()
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        self.checkpoint = model_checkpoint(self.model, optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
             step_counter=self.optimizer.iterations)
@@ -175,8 +176,9 @@ class Trainer:
                 eta = (config.train_steps - step) / max(steps_per_sec, 1e-9)
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in last_logs.items()
                                   if k not in ("steps_per_sec", "learning_rate"))
-                print(f"step {step}/{config.train_steps}  {shown}  lr {last_logs['learning_rate']:.4g}"
-                      f"  {steps_per_sec:.2f} steps/s  ETA {format_duration(eta)}",
+                print(f"step {step}/{config.train_steps}  {shown}  "
+                      f"lr {last_logs['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "
+                      f"ETA {format_duration(eta)}",
                       file=self.out, flush=True)
                 window_start, window_step = now, step
             if step % config.checkpoint_every == 0 or step == config.train_steps:

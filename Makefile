@@ -1,0 +1,21 @@
+# The two commands of the README quick start, and what they are made of.
+.PHONY: setup demo test test-slow lint
+
+setup:
+	@bash scripts/setup.sh
+
+# Pretrain RotNet on Fashion-MNIST for a few minutes, probe it against a random-init encoder,
+# export it, and print the results table and the export path.
+demo: setup
+	.venv/bin/selfsup-demo
+
+# Everything the tests need, then the suite (slow checks excluded: `make test-slow`).
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/pytest -q
+
+test-slow: setup
+	.venv/bin/pytest -q -m slow
+
+lint: setup
+	.venv/bin/ruff check .

@@ -1,0 +1,120 @@
+"""``selfsup-export``: exports a trained encoder as a TF Hub / TF Serving SavedModel.
+
+Example::
+
+    selfsup-export --model_dir=runs/rotnet --export_dir=exports
+    # → exports/rotnet_resnet_small/1/  (next free version unless --version is given)
+
+Mistakes the user can fix (missing flags, bad paths, an existing version) print one line on
+stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import sys
+from typing import Any
+
+from absl import app, flags
+
+USAGE_ERROR = 2
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines this program's flags (at run time, so importing this module defines none)."""
+    if "export_dir" in FLAGS:
+        return
+    flags.DEFINE_string("model_dir", None, "Training directory with the checkpoint and run config.")
+    flags.DEFINE_string("export_dir", None, "Base dir; writes <export_dir>/<model_name>/<version>.")
+    flags.DEFINE_string("model_name", None, "Served model name (default: <task>_<backbone>).")
+    flags.DEFINE_integer("version", None, "Integer version to write (default: next free one).",
+                         lower_bound=1)
+
+
+def default_model_name(run_config: dict[str, Any]) -> str:
+    """``<task>_<backbone>`` lower-cased, with characters unsafe in a directory name as ``_``."""
+    name = f"{run_config['task']}_{run_config['backbone']}".lower()
+    return re.sub(r"[^a-z0-9_.\-]+", "_", name).strip("._-") or "encoder"
+
+
+def export_trained_encoder(
+    backbone: Any,
+    run_config: dict[str, Any],
+    export_dir: str | os.PathLike,
+    model_name: str | None = None,
+    version: int | None = None,
+) -> pathlib.Path:
+    """Exports a restored encoder using its run config for the name, image size and model card."""
+    from selfsup.export.saved_model import export_encoder
+    from selfsup.models.registry import ConfigError
+
+    missing = [k for k in ("task", "backbone", "dataset", "image_size") if k not in run_config]
+    if missing:
+        raise ConfigError(f"run config lacks {', '.join(missing)}")
+    return export_encoder(
+        backbone,
+        export_dir,
+        model_name or default_model_name(run_config),
+        version,
+        image_size=run_config["image_size"],
+        metadata=dict(run_config),
+    )
+
+
+def _export(model_dir: str, export_dir: str, model_name: str | None, version: int | None) -> str:
+    from selfsup.export.layout import check_model_name, resolve_version
+
+    if model_name is not None:
+        check_model_name(model_name)
+        # Fail before the (slow) restore when the requested version already exists.
+        resolve_version(os.path.join(export_dir, model_name), version)
+
+    from selfsup.tasks.checkpoints import restore_encoder
+
+    backbone, run_config = restore_encoder(model_dir)
+    return str(export_trained_encoder(backbone, run_config, export_dir, model_name, version))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        return _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("model_dir", "export_dir"):
+        if not getattr(FLAGS, name):
+            return _usage_error(f"--{name} is required")
+    # Checked before importing TensorFlow, so these mistakes are reported at once.
+    if not os.path.isdir(FLAGS.model_dir):
+        return _usage_error(f"--model_dir {FLAGS.model_dir} is not a directory")
+    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+        return _usage_error(f"--export_dir {FLAGS.export_dir} exists and is not a directory")
+
+    from selfsup.models.registry import ConfigError
+
+    try:
+        path = _export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version)
+    except (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        return _usage_error(str(error))
+    print(path)
+    return 0
+
+
+def _usage_error(message: str) -> int:
+    print(f"selfsup-export: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, but a bad flag is one line on stderr and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(_usage_error(str(error)))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    define_flags()
+    app.run(main, flags_parser=_parse_flags)

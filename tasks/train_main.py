@@ -1,0 +1,94 @@
+"""``selfsup-train``: pretrain an encoder with a registered task.
+
+  selfsup-train --task=rotnet --backbone=resnet_small --dataset=fashion_mnist \\
+      --model_dir=runs/rotnet --train_steps=2000 --batch_size=64
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from selfsup.models.registry import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("task", "rotnet", "Registered task name (e.g. rotnet).")
+flags.DEFINE_string("backbone", "resnet_small", "Registered backbone name.")
+flags.DEFINE_string("dataset", "fashion_mnist",
+                    "A tensorflow-datasets name, or image_folder:<root> "
+                    "(images in <root>/<split>/<label>/).")
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data dir (default: tfds's own).")
+flags.DEFINE_string("train_split", "train", "Split to pretrain on (tfds slicing allowed).")
+flags.DEFINE_integer("image_size", None,
+                     "Square input size; default: the dataset's own (28 for Fashion-MNIST).")
+flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and run_config.json go; "
+                    "an existing run there is resumed.")
+flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps (a resumed run continues).")
+flags.DEFINE_integer("batch_size", 64, "Global batch of source images (RotNet makes 4× views).")
+flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate.")
+flags.DEFINE_string("optimizer", "sgd", "sgd (Nesterov momentum 0.9) | adam | adamw | lamb.")
+flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay.")
+flags.DEFINE_string("lr_schedule", "cosine", "cosine | constant.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps before the cosine decay.")
+flags.DEFINE_string("strategy", "mirrored", "mirrored | one_device | multi_worker (TF_CONFIG).")
+flags.DEFINE_integer("num_cpu_replicas", 1,
+                     "Without GPUs, split the CPU into this many logical devices for mirrored.")
+flags.DEFINE_bool("synchronized_bn", True, "Cross-replica BatchNorm statistics.")
+flags.DEFINE_string("mixed_precision", "none", "none | mixed_bfloat16 | mixed_float16.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (slower on CPUs).")
+flags.DEFINE_integer("seed", 0, "Seed for initialisation and data order.")
+flags.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops.")
+flags.DEFINE_integer("log_every", 50, "Steps between progress lines and summaries.")
+flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        if not FLAGS.model_dir:
+            raise ConfigError("--model_dir is required")
+        if FLAGS.num_cpu_replicas < 1:
+            raise ConfigError(f"num_cpu_replicas must be positive, got {FLAGS.num_cpu_replicas}")
+        # Imported here so that flag errors above print before TensorFlow loads.
+        from selfsup.datasets import open_source
+        from selfsup.models import BACKBONES
+        from selfsup.tasks import task_class
+        from selfsup.tasks.strategies import make_strategy
+        from selfsup.tasks.trainer import TrainerConfig
+        from selfsup.tasks.training import ensure_writable_dir, run_training
+
+        trainer_config = TrainerConfig(
+            model_dir=FLAGS.model_dir, train_steps=FLAGS.train_steps,
+            learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
+            weight_decay=FLAGS.weight_decay, lr_schedule=FLAGS.lr_schedule,
+            warmup_steps=FLAGS.warmup_steps, mixed_precision=FLAGS.mixed_precision,
+            jit_compile=FLAGS.jit_compile, log_every=FLAGS.log_every,
+            checkpoint_every=FLAGS.checkpoint_every)
+        cls = task_class(FLAGS.task)
+        BACKBONES.get(FLAGS.backbone)
+        ensure_writable_dir(FLAGS.model_dir)
+        # TensorFlow requires the strategy before any other op; opening the dataset runs ops.
+        strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_replicas)
+        image_size = FLAGS.image_size
+        if image_size is None:
+            image_size = open_source(FLAGS.dataset, FLAGS.data_dir).default_image_size
+        task_config = cls.config_class(
+            backbone=FLAGS.backbone, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            train_split=FLAGS.train_split, image_size=image_size,
+            global_batch_size=FLAGS.batch_size, synchronized_bn=FLAGS.synchronized_bn,
+            seed=FLAGS.seed)
+        run_training(FLAGS.task, task_config, trainer_config, strategy,
+                     deterministic=FLAGS.deterministic)
+    except ConfigError as error:
+        print(f"selfsup-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,34 @@
+"""Bad input to the programs ends in one line on stderr and a non-zero exit, no traceback."""
+
+import pytest
+
+from helpers import run_cli
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--task=nosuchtask", "unknown task 'nosuchtask'; valid names: rotnet"),
+        ("--backbone=nosuchnet", "unknown backbone 'nosuchnet'; valid names:"),
+        ("--dataset=nosuch_dataset", "unknown dataset 'nosuch_dataset'"),
+        ("--train_steps=-5", "train_steps must be positive"),
+        ("--batch_size=0", "batch size must be positive"),
+    ],
+)
+def test_bad_training_flags_give_one_line_errors(tmp_path, flag, message):
+    result = run_cli("selfsup-train", f"--model_dir={tmp_path / 'run'}", flag)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("selfsup-train: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_unwritable_model_dir_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    # A path below a regular file cannot be created, even by root.
+    result = run_cli("selfsup-train", f"--model_dir={blocker / 'run'}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "is not writable" in result.stderr

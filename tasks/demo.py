@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from selfsup.models.registry import ConfigError
 
@@ -26,6 +26,8 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # tfds logs every file it opens at INFO
     try:
         from selfsup.export.export_main import export_trained_encoder
         from selfsup.tasks import TaskConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from selfsup.models.registry import ConfigError
 
@@ -46,6 +46,8 @@ flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # tfds logs every file it opens at INFO
     try:
         if not FLAGS.model_dir:
             raise ConfigError("--model_dir is required")

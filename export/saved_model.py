@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from selfsup.export.layout import atomic_version_dir
 from selfsup.export.model_card import build_model_card, write_model_card
-from selfsup.models.backbone import FEATURE_ENDPOINT
+from selfsup.models.backbone import FEATURE_ENDPOINT, variable_map
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -68,7 +68,10 @@ class _Forward:
     def __init__(self, backbone: keras.Model) -> None:
         self.backbone = backbone
         with tf.init_scope():
-            self.copies = {id(v): _copy(v, backbone.name) for v in backbone.variables}
+            self.copies = {
+                id(variable): tf.Variable(variable.numpy(), name=path,
+                                          trainable=variable.trainable)
+                for path, variable in variable_map(backbone).items()}
 
     def __call__(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         variables = self.backbone.variables
@@ -84,13 +87,6 @@ class _Forward:
         ]
         with tf.control_dependencies(updates):
             return tf.cast(outputs[FEATURE_ENDPOINT], tf.float32)
-
-
-def _copy(variable: keras.Variable, model_name: str) -> tf.Variable:
-    """A tf.Variable with ``variable``'s value, named by its path below the model."""
-    parts = variable.path.split("/")
-    name = "/".join(parts[1:]) if len(parts) > 1 and parts[0] == model_name else variable.path
-    return tf.Variable(variable.numpy(), name=name, trainable=variable.trainable)
 
 
 class HubEncoderModule(tf.Module):

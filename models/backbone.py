@@ -35,3 +35,21 @@ def make_batch_norm(synchronized: bool, name: str | None = None) -> keras.layers
     return BatchNormalization(
         momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
     )
+
+
+def variable_map(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """``layer``'s variables keyed by their path below ``layer`` (stable across builds).
+
+    Keras prefixes variable paths with the names of enclosing layers, which Keras makes unique
+    per process (``res_net_1``); cutting at ``layer``'s own name removes that dependence. Used
+    for checkpoint keys and for the names of exported variables.
+    """
+    mapping = {}
+    for variable in layer.variables:
+        parts = variable.path.split("/")
+        key = "/".join(parts[parts.index(layer.name) + 1:]) if layer.name in parts else (
+            variable.path)
+        if key in mapping:
+            raise ValueError(f"two variables of {layer.name} share the path {key!r}")
+        mapping[key] = variable
+    return mapping

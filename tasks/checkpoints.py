@@ -18,27 +18,11 @@ import keras
 import tensorflow as tf
 
 from selfsup.models import build_backbone
+from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import BACKBONE_NAME, Task, TaskConfig, task_class
 
 RUN_CONFIG_FILE = "run_config.json"
-
-
-def variable_map(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
-    """``layer``'s variables keyed by their path below ``layer`` (stable across builds).
-
-    Keras prefixes variable paths with the names of enclosing layers, which Keras makes unique
-    per process (``res_net_1``); cutting at ``layer``'s own name removes that dependence.
-    """
-    mapping = {}
-    for variable in layer.variables:
-        parts = variable.path.split("/")
-        key = "/".join(parts[parts.index(layer.name) + 1:]) if layer.name in parts else (
-            variable.path)
-        if key in mapping:
-            raise ValueError(f"two variables of {layer.name} share the path {key!r}")
-        mapping[key] = variable
-    return mapping
 
 
 def model_checkpoint(model: keras.Model, **extra) -> tf.train.Checkpoint:

@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
         from selfsup.export.export_main import export_trained_encoder
         from selfsup.tasks import TaskConfig
         from selfsup.tasks.checkpoints import restore_encoder
-        from selfsup.tasks.eval_main import evaluate_linear, format_table
+        from selfsup.tasks.linear_eval import evaluate_linear, format_table
         from selfsup.tasks.trainer import TrainerConfig
         from selfsup.tasks.training import run_training
 

@@ -2,29 +2,18 @@
 
   selfsup-eval --model_dir=runs/rotnet            # --protocol=linear (the only one so far)
 
-Restores the encoder of the run in ``--model_dir`` (latest checkpoint), builds a random-init
-encoder of the same architecture, probes every endpoint of both with the protocol of
-:mod:`selfsup.tasks.linear_probe` (the survey's Table 4), prints a table and writes
-``<model_dir>/eval/linear_probe.json``.
+Prints a table (endpoints × trained / random init) and writes
+``<model_dir>/eval/linear_probe.json``; see :mod:`selfsup.tasks.linear_eval`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from absl import app, flags, logging
 
 from selfsup.models.registry import ConfigError
-
-PROTOCOLS = ("linear",)
-RESULTS_FILE = "linear_probe.json"
-COLUMNS = (("trained", "trained"), ("random_init", "random init"))
+from selfsup.tasks.linear_eval import evaluate_linear, format_table, validate_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "Training dir of the run to evaluate (selfsup-train's "
@@ -41,122 +30,6 @@ flags.DEFINE_integer("pool_size", 3, "Feature maps are adaptively average-pooled
 flags.DEFINE_integer("seed", 0, "Seed for the example subsets, validation split and the "
                      "random-init encoder.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data dir; default: the run's.")
-
-
-def print_progress(message: str) -> None:
-    """Progress lines of a long evaluation, on stdout like the trainer's."""
-    print(message, flush=True)
-
-
-def validate_settings(model_dir: str | None, protocol: str = "linear",
-                      train_examples: int = 10_000, test_examples: int | None = None,
-                      pool_size: int = 3) -> Path:
-    """Checks every user setting before any work; returns the model dir as a Path."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if not model_dir:
-        raise ConfigError("--model_dir is required")
-    if train_examples < 1:
-        raise ConfigError(f"train_examples must be positive, got {train_examples}")
-    if test_examples is not None and test_examples < 1:
-        raise ConfigError(f"test_examples must be positive, got {test_examples}")
-    if pool_size < 1:
-        raise ConfigError(f"pool_size must be positive, got {pool_size}")
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ConfigError(f"model dir {model_dir} does not exist")
-    return path
-
-
-def _json_result(result: Any) -> dict[str, Any]:
-    validation = result.validation_top1
-    return {"top1": round(result.top1, 4), "weight_decay": result.weight_decay,
-            "validation_top1": None if math.isnan(validation) else round(validation, 4),
-            "num_features": result.num_features}
-
-
-def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
-                    test_examples: int | None = None, pool_size: int = 3, seed: int = 0,
-                    data_dir: str | None = None,
-                    log: Callable[[str], None] = print_progress) -> dict[str, Any]:
-    """Probes the trained and a random-init encoder of ``model_dir``; writes and returns the
-    results (``<model_dir>/eval/linear_probe.json``).
-
-    The result holds ``protocol`` (every setting), ``endpoints`` (in encoder order), per column
-    (``trained``, ``random_init``) endpoint → {top1 (%), weight_decay, validation_top1,
-    num_features}, and ``best``: column → best endpoint.
-    """
-    model_dir = validate_settings(str(model_dir), "linear", train_examples, test_examples,
-                                  pool_size)
-    from selfsup.datasets import open_source
-    from selfsup.tasks.checkpoints import build_encoder, latest_checkpoint, restore_encoder
-    from selfsup.tasks.linear_probe import LinearClassifierConfig, linear_probe_results
-
-    start = time.perf_counter()
-    trained, run_config = restore_encoder(model_dir)
-    checkpoint = latest_checkpoint(model_dir)
-    data_dir = data_dir if data_dir is not None else run_config.get("data_dir")
-    source = open_source(run_config["dataset"], data_dir)
-    random_init = build_encoder(run_config, seed)
-    classifier = LinearClassifierConfig()
-    settings = dict(train_examples=train_examples, test_examples=test_examples,
-                    image_size=run_config["image_size"], seed=seed, pool_size=pool_size,
-                    classifier=classifier)
-    results: dict[str, Any] = {
-        "protocol": {
-            "name": "linear", "dataset": run_config["dataset"], "train_split": "train",
-            "eval_split": source.eval_split, "train_examples": train_examples,
-            "test_examples": test_examples, "image_size": run_config["image_size"],
-            "pool_size": pool_size, "seed": seed, "standardize": True,
-            "steps": classifier.steps, "learning_rate": classifier.learning_rate,
-            "weight_decays": list(classifier.weight_decays),
-            "validation_fraction": classifier.validation_fraction,
-        },
-        "model_dir": str(model_dir), "checkpoint": checkpoint, "task": run_config.get("task"),
-        "backbone": run_config.get("backbone"),
-    }
-    encoders = {"trained": trained, "random_init": random_init}
-
-    def both_encoders(images, training=False):
-        # One pass over the data feeds both encoders (the data reading is shared).
-        return {f"{key}/{name}": value for key, encoder in encoders.items()
-                for name, value in encoder(images, training=training).items()}
-
-    log("-- probing the trained and the random-init encoder")
-    probes = linear_probe_results(both_encoders, source, log=log, **settings)
-    for key in encoders:
-        results[key] = {name.split("/", 1)[1]: _json_result(result)
-                        for name, result in probes.items() if name.startswith(f"{key}/")}
-    results["endpoints"] = list(results["trained"])
-    results["best"] = {key: max(results[key], key=lambda name, k=key: results[k][name]["top1"])
-                       for key, _ in COLUMNS}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    out_dir = model_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
-    log(f"wrote {path} ({results['seconds']:.0f} s)")
-    return results
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The probe results as a text table: endpoints × (trained, random init), best marked *."""
-    protocol = results["protocol"]
-    header = (f"linear probe top-1 (%) on {protocol['dataset']} {protocol['eval_split']}: "
-              f"{protocol['train_examples']} train examples, features pooled to "
-              f"{protocol['pool_size']}×{protocol['pool_size']}")
-    lines = [header,
-             f"{'endpoint':<12}{'features':>9}" + "".join(f"{label:>14}" for _, label in COLUMNS)]
-    for name in results["endpoints"]:
-        row = f"{name:<12}{results['trained'][name]['num_features']:>9}"
-        for key, _ in COLUMNS:
-            mark = "*" if results["best"][key] == name else " "
-            row += f"{results[key][name]['top1']:>13.2f}{mark}"
-        lines.append(row)
-    lines.append("* best layer of each encoder")
-    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from helpers import run_cli
-from selfsup.datasets.fashion_mnist_local import local_source_dir
+from selfsup.datasets import open_source
 from selfsup.tasks.features import (
     adaptive_average_pool,
     adaptive_pool_matrix,
@@ -27,8 +25,6 @@ from selfsup.tasks.linear_probe import (
     seeded_subset,
     select_examples,
 )
-
-TEST_DATA_DIR = os.environ.get("SELFSUP_TEST_DATA_DIR")
 
 
 def numpy_adaptive_pool(x: np.ndarray, size: int) -> np.ndarray:
@@ -158,12 +154,8 @@ def test_probe_is_at_chance_on_shuffled_labels():
 
 
 def fashion_mnist_source():
-    builder = tfds.builder("fashion_mnist", data_dir=TEST_DATA_DIR)
-    if not builder.is_prepared() and local_source_dir() is None:
-        pytest.skip("Fashion-MNIST is neither prepared in SELFSUP_TEST_DATA_DIR nor installed")
-    from selfsup.datasets import open_source
-
-    return open_source("fashion_mnist", TEST_DATA_DIR)
+    # The setup command installs and prepares it; a missing dataset is a failure, not a skip.
+    return open_source("fashion_mnist")
 
 
 def raw_pixels(images, training=False):
@@ -190,7 +182,7 @@ def write_fake_run(model_dir, seed: int = 7) -> None:
     from selfsup.tasks.checkpoints import RUN_CONFIG_FILE, build_encoder, variable_map
 
     run_config = {"task": "rotnet", "backbone": "resnet_small", "backbone_kwargs": {},
-                  "dataset": "fashion_mnist", "data_dir": TEST_DATA_DIR, "image_size": 28,
+                  "dataset": "fashion_mnist", "data_dir": None, "image_size": 28,
                   "seed": seed}
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / RUN_CONFIG_FILE).write_text(json.dumps(run_config))
@@ -203,7 +195,7 @@ def write_fake_run(model_dir, seed: int = 7) -> None:
 
 def test_evaluate_linear_writes_both_columns(tmp_path):
     fashion_mnist_source()
-    from selfsup.tasks.eval_main import evaluate_linear, format_table
+    from selfsup.tasks.linear_eval import evaluate_linear, format_table
 
     write_fake_run(tmp_path / "run")
     results = evaluate_linear(tmp_path / "run", train_examples=600, test_examples=400,
@@ -237,7 +229,7 @@ def test_evaluate_linear_writes_both_columns(tmp_path):
 )
 def test_eval_settings_are_validated(tmp_path, settings, message):
     from selfsup.models import ConfigError
-    from selfsup.tasks.eval_main import validate_settings
+    from selfsup.tasks.linear_eval import validate_settings
 
     with pytest.raises(ConfigError, match=message):
         validate_settings(**{"model_dir": str(tmp_path), **settings})

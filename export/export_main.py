@@ -74,8 +74,10 @@ def _export(model_dir: str, export_dir: str, model_name: str | None, version: in
         resolve_version(os.path.join(export_dir, model_name), version)
 
     from selfsup.tasks.checkpoints import restore_encoder
+    from selfsup.tasks.linear_eval import read_probe_metrics
 
     backbone, run_config = restore_encoder(model_dir)
+    run_config = {**run_config, "metrics": read_probe_metrics(model_dir)}
     return str(export_trained_encoder(backbone, run_config, export_dir, model_name, version))
 
 

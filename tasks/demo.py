@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
         from selfsup.export.export_main import export_trained_encoder
         from selfsup.tasks import TaskConfig
         from selfsup.tasks.checkpoints import restore_encoder
-        from selfsup.tasks.linear_eval import evaluate_linear, format_table
+        from selfsup.tasks.linear_eval import evaluate_linear, format_table, probe_metrics
         from selfsup.tasks.trainer import TrainerConfig
         from selfsup.tasks.training import run_training
 
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         results = evaluate_linear(FLAGS.model_dir, train_examples=FLAGS.probe_train_examples)
         print("== 3/3 exporting the encoder", flush=True)
         encoder, run_config = restore_encoder(FLAGS.model_dir)
-        run_config = {**run_config, "metrics": results}
+        run_config = {**run_config, "metrics": probe_metrics(results)}
         path = export_trained_encoder(encoder, run_config, FLAGS.export_dir)
     except ConfigError as error:
         print(f"selfsup-demo: error: {error}", file=sys.stderr)

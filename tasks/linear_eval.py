@@ -135,3 +135,18 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(row)
     lines.append("* best layer of each encoder")
     return "\n".join(lines)
+
+
+def probe_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a linear evaluation, for model cards: top-1 per endpoint."""
+    metrics = {f"linear probe top-1 % ({name})": results["trained"][name]["top1"]
+               for name in results["endpoints"]}
+    best = results["best"]["random_init"]
+    metrics[f"random-init best top-1 % ({best})"] = results["random_init"][best]["top1"]
+    return metrics
+
+
+def read_probe_metrics(model_dir: str | Path) -> dict[str, float]:
+    """:func:`probe_metrics` of the run's saved linear evaluation; empty if it has none."""
+    path = Path(model_dir) / "eval" / RESULTS_FILE
+    return probe_metrics(json.loads(path.read_text())) if path.is_file() else {}

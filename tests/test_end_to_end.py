@@ -44,6 +44,8 @@ def test_pretrain_probe_export(tmp_path):
     assert export.returncode == 0, export.stderr[-3000:]
     version_dir = export_dir / "rotnet_resnet_small" / "1"
     assert str(version_dir) in export.stdout
+    card = json.loads((version_dir / "assets.extra" / "model_card.json").read_text())
+    assert card["metrics"]["linear probe top-1 % (res3)"] == results["trained"]["res3"]["top1"]
     images = np.random.default_rng(0).random((3, 28, 28, 3)).astype(np.float32)
     encoder, _ = restore_encoder(model_dir)
     expected = encoder(images, training=False)["pool"].numpy()

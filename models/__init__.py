@@ -1,6 +1,7 @@
 """Backbones (2D networks returning named endpoints) and heads, with the backbone registry."""
 
-from selfsup.models import resnet  # noqa: F401  (registers the ResNet family)
+# Importing a family's module registers its backbones.
+from selfsup.models import alexnet, densenet, googlenet, resnet, vgg  # noqa: F401
 from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, build_backbone
 from selfsup.models.registry import ConfigError, Registry
 

@@ -16,6 +16,19 @@ from selfsup.models.registry import Registry
 BACKBONES: Registry[keras.Model] = Registry("backbone")
 
 FEATURE_ENDPOINT = "pool"
+# Inputs up to this size (Fashion-MNIST 28, CIFAR 32, STL-10 at 64) get a network's small-image
+# stem, which keeps the resolution instead of dividing it by 4 at once.
+SMALL_STEM_MAX_INPUT = 64
+STEMS = ("auto", "imagenet", "small")
+
+
+def resolve_stem(stem: str, input_size: int | None) -> str:
+    """``"auto"`` → ``"small"`` for inputs up to SMALL_STEM_MAX_INPUT px, else ``"imagenet"``."""
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if stem != "auto":
+        return stem
+    return "small" if input_size is not None and input_size <= SMALL_STEM_MAX_INPUT else "imagenet"
 
 
 def build_backbone(backbone: str, **kwargs) -> keras.Model:

@@ -17,10 +17,9 @@ from functools import partial
 
 import keras
 
-from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm
+from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm, resolve_stem
 from selfsup.models.blocks import BasicBlock, BottleneckBlock, conv
 
-SMALL_STEM_MAX_INPUT = 64
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
@@ -42,11 +41,7 @@ class ResNet(keras.Model):
         super().__init__(**kwargs)
         if len(stage_blocks) != len(stage_widths):
             raise ValueError("stage_blocks and stage_widths must have the same length")
-        if stem == "auto":
-            stem = "small" if input_size is not None and input_size <= SMALL_STEM_MAX_INPUT else (
-                "imagenet")
-        if stem not in ("imagenet", "small"):
-            raise ValueError(f"stem must be 'auto', 'imagenet' or 'small', got {stem!r}")
+        stem = resolve_stem(stem, input_size)
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
         self._config = dict(

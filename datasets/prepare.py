@@ -6,6 +6,11 @@ other tfds name is prepared the normal tfds way (which needs network or manual f
 
 from __future__ import annotations
 
+import os
+
+# TensorFlow prints INFO lines (oneDNN, CUDA probing) on import; a user can still lower it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 import sys
 
 from absl import app, flags

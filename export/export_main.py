@@ -12,6 +12,10 @@ stderr and exit with status 2.
 from __future__ import annotations
 
 import os
+
+# TensorFlow prints INFO lines (oneDNN, CUDA probing) on import; a user can still lower it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 import pathlib
 import re
 import sys

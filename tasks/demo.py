@@ -8,6 +8,11 @@ results table and the export path.
 
 from __future__ import annotations
 
+import os
+
+# TensorFlow prints INFO lines (oneDNN, CUDA probing) on import; a user can still lower it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 import sys
 from pathlib import Path
 

@@ -39,15 +39,20 @@ def build_backbone(backbone: str, **kwargs) -> keras.Model:
     return BACKBONES.build(backbone, **kwargs)
 
 
-def make_batch_norm(synchronized: bool, name: str | None = None) -> keras.layers.BatchNormalization:
-    """BatchNorm with the epsilon/momentum of the torchvision/He et al. ResNets.
+BATCH_NORM_EPSILON = 1e-5  # torchvision / He et al.; keras.applications uses 1.001e-5
+
+
+def make_batch_norm(synchronized: bool, name: str | None = None,
+                    epsilon: float | None = None) -> keras.layers.BatchNormalization:
+    """BatchNorm with the momentum and (unless given) epsilon of the torchvision ResNets.
 
     ``synchronized=True`` computes batch statistics across all replicas of a tf.distribute
-    strategy, so results do not depend on how the global batch is split.
+    strategy, so results do not depend on how the global batch is split. ``epsilon=1.001e-5``
+    matches ``keras.applications`` networks, so their weights load with identical outputs.
     """
     return BatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
-    )
+        momentum=0.9, epsilon=BATCH_NORM_EPSILON if epsilon is None else epsilon,
+        synchronized=synchronized, name=name)
 
 
 def variable_map(layer: keras.layers.Layer) -> dict[str, keras.Variable]:

@@ -14,9 +14,9 @@ Variants:
 
 Endpoints: ``block1`` … ``block5`` (each block's output after its max-pool, when it has one),
 ``fc6``, ``fc7`` (after ReLU) and ``pool``: fc7's features, i.e. the input of the paper's fc8
-classifier, with dropout 0.5 while training (§3.1: "regularised by dropout for the first two
-fully-connected layers"); fc6's output is dropped out before fc7 the same way. At inference
-``pool`` equals ``fc7``.
+classifier. Dropout 0.5 acts while training on the inputs of fc6 and fc7 (§3.1: "regularised
+by dropout for the first two fully-connected layers"), never on ``pool`` itself: an exported
+feature vector carries no dropout (TF Hub's image-feature-vector convention).
 
 Input sizes:
   * ImageNet layout: block5's map is adaptively average-pooled to 7×7 before fc6 so any input

@@ -57,7 +57,13 @@ from functools import partial
 import keras
 import tensorflow as tf
 
-from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm, resolve_stem
+from selfsup.models.backbone import (
+    BACKBONES,
+    FEATURE_ENDPOINT,
+    Backbone,
+    make_batch_norm,
+    resolve_stem,
+)
 from selfsup.models.blocks import AdaptiveAveragePooling2D, maybe_dropout
 
 # §3.5: kernels of the five convolutional layers and units of the two hidden fc layers.
@@ -125,7 +131,7 @@ class GroupedConv2D(keras.layers.Conv2D):
         return keras.ops.concatenate(towers, axis=-1)
 
 
-class AlexNet(keras.Model):
+class AlexNet(Backbone):
     """AlexNet (Krizhevsky et al. 2012) returning named endpoints (see the module docstring)."""
 
     def __init__(
@@ -224,13 +230,6 @@ class AlexNet(keras.Model):
         endpoints[FEATURE_ENDPOINT] = x
         return endpoints
 
-    def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
-        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
-        specs = self.compute_output_spec(keras.KerasTensor(input_shape))
-        return {name: tuple(spec.shape) for name, spec in specs.items()}
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self._config}
 
 
 alexnet = partial(AlexNet)

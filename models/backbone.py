@@ -31,6 +31,24 @@ def resolve_stem(stem: str, input_size: int | None) -> str:
     return "small" if input_size is not None and input_size <= SMALL_STEM_MAX_INPUT else "imagenet"
 
 
+class Backbone(keras.Model):
+    """Base of every backbone: the endpoint-dict contract above, plus its bookkeeping.
+
+    Subclasses build their layers in ``__init__``, store their constructor arguments in
+    ``self._config`` (for ``get_config``) and return ordered endpoints from ``call``.
+    """
+
+    _config: dict
+
+    def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
+        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
+        specs = self.compute_output_spec(keras.KerasTensor(input_shape))
+        return {name: tuple(spec.shape) for name, spec in specs.items()}
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self._config}
+
+
 def build_backbone(backbone: str, **kwargs) -> keras.Model:
     """Builds the registered backbone ``backbone`` (unknown names list the valid ones).
 

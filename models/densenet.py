@@ -26,7 +26,13 @@ from functools import partial
 
 import keras
 
-from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm, resolve_stem
+from selfsup.models.backbone import (
+    BACKBONES,
+    FEATURE_ENDPOINT,
+    Backbone,
+    make_batch_norm,
+    resolve_stem,
+)
 from selfsup.models.blocks import conv
 
 # Table 1: layers per dense block of DenseNet-121, and the growth rate of the ImageNet models.
@@ -73,7 +79,7 @@ class Transition(keras.layers.Layer):
         return self.pool(self.conv(keras.ops.relu(self.bn(x, training=training))))
 
 
-class DenseNet(keras.Model):
+class DenseNet(Backbone):
     """DenseNet-BC (Huang et al. 2017) returning named endpoints (see the module docstring).
 
     ``stem_width`` None means 2 × ``growth_rate`` (the paper's choice for DenseNet-BC).
@@ -158,13 +164,6 @@ class DenseNet(keras.Model):
         endpoints[FEATURE_ENDPOINT] = self.pool(x)
         return endpoints
 
-    def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
-        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
-        specs = self.compute_output_spec(keras.KerasTensor(input_shape))
-        return {name: tuple(spec.shape) for name, spec in specs.items()}
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self._config}
 
 
 densenet121 = partial(DenseNet, block_layers=DENSENET121_BLOCKS, growth_rate=GROWTH_RATE)

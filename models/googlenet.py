@@ -36,7 +36,13 @@ from functools import partial
 
 import keras
 
-from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm, resolve_stem
+from selfsup.models.backbone import (
+    BACKBONES,
+    FEATURE_ENDPOINT,
+    Backbone,
+    make_batch_norm,
+    resolve_stem,
+)
 
 # Table 1: #1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj of each inception module.
 INCEPTION_MODULES: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -104,7 +110,7 @@ class InceptionModule(keras.layers.Layer):
         ], axis=-1)
 
 
-class GoogLeNet(keras.Model):
+class GoogLeNet(Backbone):
     """GoogLeNet / Inception v1 (Szegedy et al. 2015) returning named endpoints (see the module
     docstring)."""
 
@@ -163,13 +169,6 @@ class GoogLeNet(keras.Model):
         endpoints[FEATURE_ENDPOINT] = self.pool(x)
         return endpoints
 
-    def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
-        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
-        specs = self.compute_output_spec(keras.KerasTensor(input_shape))
-        return {name: tuple(spec.shape) for name, spec in specs.items()}
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self._config}
 
 
 googlenet = partial(GoogLeNet, batch_norm=False)

@@ -23,7 +23,13 @@ from functools import partial
 
 import keras
 
-from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm, resolve_stem
+from selfsup.models.backbone import (
+    BACKBONES,
+    FEATURE_ENDPOINT,
+    Backbone,
+    make_batch_norm,
+    resolve_stem,
+)
 from selfsup.models.blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock, conv
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -36,7 +42,7 @@ KERAS_APPLICATIONS_LAYOUT = dict(stride_on="1x1", conv_bias=True, bn_epsilon=1.0
                                  stem_padding="symmetric")
 
 
-class ResNet(keras.Model):
+class ResNet(Backbone):
     """ResNet (He et al. 2016) returning a dict of named endpoints (see the module docstring).
 
     ``stride_on`` (bottleneck blocks only), ``conv_bias``, ``bn_epsilon`` (None: the factory's
@@ -141,13 +147,6 @@ class ResNet(keras.Model):
         endpoints[FEATURE_ENDPOINT] = self.pool(x)
         return endpoints
 
-    def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
-        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
-        specs = self.compute_output_spec(keras.KerasTensor(input_shape))
-        return {name: tuple(spec.shape) for name, spec in specs.items()}
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self._config}
 
 
 resnet18 = partial(ResNet, stage_blocks=(2, 2, 2, 2), block="basic")

@@ -36,7 +36,13 @@ from functools import partial
 
 import keras
 
-from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, make_batch_norm, resolve_stem
+from selfsup.models.backbone import (
+    BACKBONES,
+    FEATURE_ENDPOINT,
+    Backbone,
+    make_batch_norm,
+    resolve_stem,
+)
 from selfsup.models.blocks import AdaptiveAveragePooling2D, maybe_dropout
 
 # Table 1, configuration D (VGG-16): convolutions per block and their channels.
@@ -52,7 +58,7 @@ SMALL_FC_UNITS = 512
 SMALL_POOLED_BLOCKS = 3
 
 
-class VGG(keras.Model):
+class VGG(Backbone):
     """VGG (Simonyan & Zisserman 2015) returning named endpoints (see the module docstring).
 
     ``fc_units`` None means 4096 (ImageNet layout) or 512 (small-image layout). ``batch_norm``
@@ -140,13 +146,6 @@ class VGG(keras.Model):
         endpoints[FEATURE_ENDPOINT] = x
         return endpoints
 
-    def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
-        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
-        specs = self.compute_output_spec(keras.KerasTensor(input_shape))
-        return {name: tuple(spec.shape) for name, spec in specs.items()}
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **self._config}
 
 
 vgg16 = partial(VGG, block_convs=VGG16_BLOCK_CONVS, block_widths=VGG16_BLOCK_WIDTHS)

@@ -32,17 +32,14 @@ def _mirrored_and_one_device(tmp_path, mirrored, steps):
     return two, one
 
 
-def test_two_replicas_match_one_device(tmp_path):
+def test_two_replicas_match_one_device(tmp_path, two_replica_strategy):
     """Same global batch and seed: the same weights, optimizer state and BN statistics.
 
     Several steps run in float64: in float32 the two layouts round their reductions
     differently (~1e-7) and BatchNorm over near-constant channels amplifies that ~30× per
     step, which is numerics, not distribution logic. One float32 step checks the default dtype.
     """
-    # One strategy for both runs: a second one on the same devices would reuse collective
-    # instance keys with another dtype, which TensorFlow rejects.
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert mirrored.num_replicas_in_sync == 2
+    mirrored = two_replica_strategy
     keras.config.set_dtype_policy("float64")
     try:
         two, one = _mirrored_and_one_device(tmp_path / "f64", mirrored, steps=4)

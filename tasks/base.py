@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import typing
 from typing import Any, ClassVar
 
 import keras
@@ -87,8 +88,30 @@ class Task(abc.ABC):
                               **self.config.backbone_kwargs)
 
     @abc.abstractmethod
-    def build_model(self) -> PretextModel:
-        """The trainable model: backbone plus this task's head."""
+    def build_model(self) -> keras.Model:
+        """The model: backbone (as ``model.backbone``) plus this task's head(s)."""
+
+    def dummy_inputs(self) -> Any:
+        """A one-example model input; calling the model on it creates every variable."""
+        size = self.config.image_size
+        return tf.zeros([1, size, size, 3])
+
+    def trainable_variables(self, model: keras.Model) -> list:
+        """What the optimizer updates (tasks with momentum copies leave those out)."""
+        return model.trainable_variables
+
+    def steps_per_epoch(self) -> int | None:
+        """Steps between :meth:`begin_epoch` calls; None: the task has no epoch work."""
+        return None
+
+    def begin_epoch(self, epoch: int, model: keras.Model,
+                    strategy: tf.distribute.Strategy) -> dict[str, float]:
+        """Work between epochs outside the step (e.g. re-clustering); returns values to log.
+
+        Called by the trainer before the first step of every epoch (and when a run resumes);
+        :meth:`build_inputs` is called again afterwards, so it may depend on this work.
+        """
+        return {}
 
     @abc.abstractmethod
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
@@ -129,7 +152,7 @@ class Task(abc.ABC):
             scaled_loss = loss / num_replicas
             if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
                 scaled_loss = optimizer.scale_loss(scaled_loss)
-        variables = model.trainable_variables
+        variables = self.trainable_variables(model)
         gradients = tape.gradient(scaled_loss, variables)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
         self.update_metrics(metrics, loss, labels, outputs)
@@ -150,3 +173,41 @@ TASKS: Registry[type[Task]] = Registry("task")
 def task_class(name: str) -> type[Task]:
     """The registered Task class for ``name`` (unknown names list the valid ones)."""
     return TASKS.get(name)
+
+
+def _convert_param(name: str, text: str, annotation: Any) -> Any:
+    """``text`` as a value of the config field's type (int, float, bool, str, tuples, Optional)."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        if text.lower() == "none":
+            return None
+        annotation = next(arg for arg in args if arg is not type(None))
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(_convert_param(name, part, args[0]) for part in text.split(",") if part)
+    try:
+        if annotation is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        return annotation(text)
+    except ValueError:
+        raise ConfigError(f"task parameter {name}={text!r} is not a valid "
+                          f"{getattr(annotation, '__name__', annotation)}") from None
+
+
+def parse_task_params(config_class: type[TaskConfig], params: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` → typed overrides of ``config_class``'s task-specific fields."""
+    common = {field.name for field in dataclasses.fields(TaskConfig)}
+    own = [field.name for field in dataclasses.fields(config_class) if field.name not in common]
+    hints = typing.get_type_hints(config_class)
+    overrides: dict[str, Any] = {}
+    for item in params:
+        name, separator, text = item.partition("=")
+        if not separator:
+            raise ConfigError(f"task parameter {item!r} is not of the form name=value")
+        if name not in own:
+            valid = ", ".join(own) if own else "none"
+            raise ConfigError(f"unknown task parameter {name!r}; valid: {valid}")
+        overrides[name] = _convert_param(name, text, hints[name])
+    return overrides

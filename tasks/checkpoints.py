@@ -17,7 +17,6 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from selfsup.models import build_backbone
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import BACKBONE_NAME, Task, TaskConfig, task_class
@@ -57,16 +56,16 @@ def task_from_run_config(run_config: dict[str, Any]) -> Task:
 
 
 def build_encoder(run_config: dict[str, Any], seed: int | None = None) -> keras.Model:
-    """The run's backbone architecture, freshly initialised (seeded) and built.
+    """The run's encoder architecture (as its task builds it), freshly initialised and built.
 
     Synchronized BatchNorm is switched off: it only matters across replicas while training and
     has the same variables, so the result restores the run's checkpoints.
     """
     if seed is not None:
         keras.utils.set_random_seed(seed)
+    task = task_from_run_config({**run_config, "synchronized_bn": False})
+    encoder = task.build_backbone()
     size = run_config["image_size"]
-    encoder = build_backbone(run_config["backbone"], input_size=size, synchronized_bn=False,
-                             name=BACKBONE_NAME, **run_config.get("backbone_kwargs", {}))
     encoder(tf.zeros([1, size, size, 3]), training=False)
     return encoder
 

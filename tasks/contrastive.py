@@ -16,19 +16,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from selfsup.tasks.distributed import gather_from_replicas
+
 # SimCLR's CIFAR-10 temperature (official repo; the paper's ImageNet runs use 0.1).
 DEFAULT_TEMPERATURE = 0.5
 _MASKED_LOGIT = -1e9
-
-
-def _gather_from_replicas(embeddings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """All replicas' ``embeddings`` stacked, and this replica's row offset in them."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return embeddings, tf.constant(0, tf.int32)
-    gathered = context.all_gather(embeddings, axis=0)
-    offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * tf.shape(embeddings)[0]
-    return gathered, offset
 
 
 def nt_xent(view_a: tf.Tensor, view_b: tf.Tensor,
@@ -39,8 +31,8 @@ def nt_xent(view_a: tf.Tensor, view_b: tf.Tensor,
     view_a = tf.math.l2_normalize(tf.cast(view_a, tf.float32), axis=1)
     view_b = tf.math.l2_normalize(tf.cast(view_b, tf.float32), axis=1)
     local = tf.shape(view_a)[0]
-    all_a, offset = _gather_from_replicas(view_a)
-    all_b, _ = _gather_from_replicas(view_b)
+    all_a, offset = gather_from_replicas(view_a)
+    all_b, _ = gather_from_replicas(view_b)
     total = tf.shape(all_a)[0]
     anchors = tf.concat([view_a, view_b], axis=0)                   # [2n, d]
     candidates = tf.concat([all_a, all_b], axis=0)                  # [2N, d]

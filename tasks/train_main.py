@@ -19,6 +19,9 @@ from selfsup.models.registry import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task", "rotnet", "Registered task name (e.g. rotnet).")
+flags.DEFINE_multi_string("task_param", [],
+                          "name=value of a task-specific setting (repeatable), e.g. "
+                          "--task_param=temperature=0.2; an unknown name lists the valid ones.")
 flags.DEFINE_string("backbone", "resnet_small", "Registered backbone name.")
 flags.DEFINE_string("dataset", "fashion_mnist",
                     "A tensorflow-datasets name, or image_folder:<root> "
@@ -62,6 +65,7 @@ def main(argv: list[str]) -> None:
         from selfsup.datasets import open_source
         from selfsup.models import BACKBONES
         from selfsup.tasks import task_class
+        from selfsup.tasks.base import parse_task_params
         from selfsup.tasks.strategies import make_strategy
         from selfsup.tasks.trainer import TrainerConfig
         from selfsup.tasks.training import ensure_writable_dir, run_training
@@ -74,6 +78,7 @@ def main(argv: list[str]) -> None:
             jit_compile=FLAGS.jit_compile, log_every=FLAGS.log_every,
             checkpoint_every=FLAGS.checkpoint_every)
         cls = task_class(FLAGS.task)
+        task_params = parse_task_params(cls.config_class, FLAGS.task_param)
         BACKBONES.get(FLAGS.backbone)
         ensure_writable_dir(FLAGS.model_dir)
         # TensorFlow requires the strategy before any other op; opening the dataset runs ops.
@@ -85,7 +90,7 @@ def main(argv: list[str]) -> None:
             backbone=FLAGS.backbone, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
             train_split=FLAGS.train_split, image_size=image_size,
             global_batch_size=FLAGS.batch_size, synchronized_bn=FLAGS.synchronized_bn,
-            seed=FLAGS.seed)
+            seed=FLAGS.seed, **task_params)
         run_training(FLAGS.task, task_config, trainer_config, strategy,
                      deterministic=FLAGS.deterministic)
     except ConfigError as error:

@@ -77,15 +77,14 @@ class Trainer:
         self.out = out
         if config.mixed_precision != "none":
             keras.mixed_precision.set_global_policy(config.mixed_precision)
-        size = task.config.image_size
         with strategy.scope():
             self.model = task.build_model()
-            self.model(tf.zeros([1, size, size, 3]), training=False)
+            self.model(task.dummy_inputs(), training=False)
             schedule = make_schedule(config.lr_schedule, config.learning_rate,
                                      config.train_steps, config.warmup_steps)
             self.optimizer = make_optimizer(config.optimizer, schedule, config.weight_decay,
                                             loss_scale=config.mixed_precision == "mixed_float16")
-            self.optimizer.build(self.model.trainable_variables)
+            self.optimizer.build(task.trainable_variables(self.model))
             self.metrics = task.build_metrics()
         self.checkpoint = model_checkpoint(self.model, optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
@@ -138,6 +137,20 @@ class Trainer:
         lr = self.optimizer.learning_rate
         return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
+    def _begin_epoch(self, step: int, epoch_steps: int, writer):
+        """Runs the task's between-epoch work; returns the epoch's input iterator at ``step``."""
+        epoch = step // epoch_steps
+        start = time.perf_counter()
+        logs = self.task.begin_epoch(epoch, self.model, self.strategy)
+        with writer.as_default(step=step):
+            for name, value in logs.items():
+                tf.summary.scalar(f"epoch/{name}", value)
+        shown = "  ".join(f"{name} {value:.4f}" for name, value in logs.items())
+        print(f"epoch {epoch} (step {step}) prepared in "
+              f"{format_duration(time.perf_counter() - start)}  {shown}".rstrip(),
+              file=self.out, flush=True)
+        return self._distributed_inputs(step % epoch_steps)
+
     def train(self) -> dict[str, float]:
         """Runs until ``train_steps``; returns the last logged metrics."""
         config = self.config
@@ -149,13 +162,17 @@ class Trainer:
             print(f"already trained for {start_step} steps (--train_steps={config.train_steps})",
                   file=self.out, flush=True)
             return {}
-        iterator = self._distributed_inputs(start_step)
         writer = tf.summary.create_file_writer(str(Path(config.model_dir) / "train"))
+        epoch_steps = self.task.steps_per_epoch()
+        iterator = None if epoch_steps else self._distributed_inputs(start_step)
         last_logs: dict[str, float] = {}
         window_start, window_step = time.perf_counter(), start_step
         run_start = window_start
         step = start_step
         while step < config.train_steps:
+            if epoch_steps and (iterator is None or step % epoch_steps == 0):
+                iterator = self._begin_epoch(step, epoch_steps, writer)
+                window_start = time.perf_counter()
             logs = self._step_fn(iterator)
             step += 1
             if step % config.log_every == 0 or step == config.train_steps:

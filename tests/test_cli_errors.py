@@ -8,7 +8,8 @@ from helpers import run_cli
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--task=nosuchtask", "unknown task 'nosuchtask'; valid names: rotnet"),
+        ("--task=nosuchtask", "unknown task 'nosuchtask'; valid names:"),
+        ("--task_param=nosuch=1", "unknown task parameter 'nosuch'; valid: none"),
         ("--backbone=nosuchnet", "unknown backbone 'nosuchnet'; valid names:"),
         ("--dataset=nosuch_dataset", "unknown dataset 'nosuch_dataset'"),
         ("--train_steps=-5", "train_steps must be positive"),

@@ -6,6 +6,7 @@ Shared by ``selfsup-train``, the demo and the tests, so they exercise the same p
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -21,7 +22,8 @@ from selfsup.tasks.checkpoints import RUN_CONFIG_FILE, read_run_config, write_ru
 from selfsup.tasks.strategies import make_strategy
 from selfsup.tasks.trainer import Trainer, TrainerConfig
 
-# Settings that must not change when a run is resumed in the same model dir.
+# Settings that must not change when a run is resumed in the same model dir (besides every
+# task-specific setting, which may shape the model or the pseudo-labels).
 RESUME_INVARIANTS = ("task", "backbone", "backbone_kwargs", "dataset", "image_size")
 
 
@@ -43,8 +45,11 @@ def check_resume_compatible(model_dir: Path, task_name: str, task_config: TaskCo
     if not (model_dir / RUN_CONFIG_FILE).is_file():
         return
     previous = read_run_config(model_dir)
-    current = {"task": task_name, **dataclasses.asdict(task_config)}
-    for key in RESUME_INVARIANTS:
+    # Through JSON, as stored: tuples read back as lists.
+    current = json.loads(json.dumps({"task": task_name, **dataclasses.asdict(task_config)}))
+    common = {field.name for field in dataclasses.fields(TaskConfig)}
+    task_specific = [key for key in current if key not in common and key != "task"]
+    for key in (*RESUME_INVARIANTS, *task_specific):
         if previous.get(key) != current.get(key):
             raise ConfigError(
                 f"{model_dir} holds a run with {key}={previous.get(key)!r}, not "

@@ -113,3 +113,13 @@ def test_trainer_calls_the_epoch_hook_at_every_boundary_and_on_resume(tmp_path):
     epochs, printed = train(8)  # resumes at step 7, inside epoch 2: the hook runs again
     assert epochs == [2]
     assert "resuming from step 7" in printed
+
+
+def test_resuming_with_other_task_settings_is_refused(tmp_path):
+    from selfsup.tasks.checkpoints import write_run_config
+    from selfsup.tasks.training import check_resume_compatible
+
+    write_run_config(tmp_path, "example", _ExampleConfig(grid=(2, 2)), {})
+    check_resume_compatible(tmp_path, "example", _ExampleConfig(grid=(2, 2)))  # tuple vs JSON list
+    with pytest.raises(ConfigError, match="holds a run with queue_size=16, not 32"):
+        check_resume_compatible(tmp_path, "example", _ExampleConfig(grid=(2, 2), queue_size=32))

@@ -104,7 +104,7 @@ class Task(abc.ABC):
         """Steps between :meth:`begin_epoch` calls; None: the task has no epoch work."""
         return None
 
-    def begin_epoch(self, epoch: int, model: keras.Model,
+    def begin_epoch(self, epoch: int, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     strategy: tf.distribute.Strategy) -> dict[str, float]:
         """Work between epochs outside the step (e.g. re-clustering); returns values to log.
 

@@ -141,7 +141,7 @@ class Trainer:
         """Runs the task's between-epoch work; returns the epoch's input iterator at ``step``."""
         epoch = step // epoch_steps
         start = time.perf_counter()
-        logs = self.task.begin_epoch(epoch, self.model, self.strategy)
+        logs = self.task.begin_epoch(epoch, self.model, self.optimizer, self.strategy)
         with writer.as_default(step=step):
             for name, value in logs.items():
                 tf.summary.scalar(f"epoch/{name}", value)

@@ -89,7 +89,7 @@ class _EpochRecordingTask(RotNetTask):
     def steps_per_epoch(self) -> int:
         return 3
 
-    def begin_epoch(self, epoch, model, strategy):
+    def begin_epoch(self, epoch, model, optimizer, strategy):
         self.calls.append(epoch)
         return {"marker": float(epoch) + 0.5}
 

@@ -3,7 +3,9 @@
 from selfsup.tasks import (
     counting,  # noqa: F401  (registers "counting")
     deepcluster,  # noqa: F401  (registers "deepcluster")
+    moco,  # noqa: F401  (registers "moco")
     rotnet,  # noqa: F401  (registers "rotnet")
+    simclr,  # noqa: F401  (registers "simclr")
 )
 from selfsup.tasks.base import TASKS, PretextModel, Task, TaskConfig, task_class
 

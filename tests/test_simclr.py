@@ -1,0 +1,148 @@
+"""SimCLR: its views pipeline, replica independence of a train step, training and restoring."""
+
+import dataclasses
+import io
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import pretrain_and_probe
+from selfsup.models.backbone import variable_map
+from selfsup.models.registry import ConfigError
+from selfsup.tasks.checkpoints import restore_encoder, write_run_config
+from selfsup.tasks.simclr import ProjectionHead, SimCLRConfig, SimCLRTask
+from selfsup.tasks.trainer import Trainer, TrainerConfig
+
+# A two-stage, narrow resnet_small: the tests are about the task, not the encoder's capacity.
+TINY = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stem_width": 8}
+
+
+@pytest.fixture(scope="module")
+def first_global_batch():
+    """The first batch of views of a one-device pipeline (filling the shuffle buffer is slow,
+    so the pipeline tests share it)."""
+    return next(iter(SimCLRTask(SimCLRConfig(global_batch_size=8)).build_inputs()))
+
+
+def test_pipeline_gives_two_differing_views_of_fashion_mnist(first_global_batch):
+    view_a, view_b = first_global_batch
+    assert view_a.shape == view_b.shape == (8, 28, 28, 3) and view_a.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(view_a)) and float(tf.reduce_max(view_b)) <= 1.0
+    per_image = tf.reduce_mean(tf.abs(view_a - view_b), axis=[1, 2, 3]).numpy()
+    assert per_image.min() > 1e-3
+
+
+def test_views_are_seeded_and_independent_of_how_replicas_split_the_batch(first_global_batch):
+    whole_a, whole_b = first_global_batch
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=2)
+    task = SimCLRTask(SimCLRConfig(global_batch_size=8))
+    halves = list(task.build_inputs(context).take(2))
+    assert halves[0][0].shape == (4, 28, 28, 3)
+    np.testing.assert_array_equal(tf.concat([h[0] for h in halves], 0).numpy(), whole_a.numpy())
+    np.testing.assert_array_equal(tf.concat([h[1] for h in halves], 0).numpy(), whole_b.numpy())
+
+
+def test_projection_head_is_a_relu_mlp_without_norm_when_asked():
+    head = ProjectionHead((6,), 3, batch_norm=False)
+    features = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    out = head(features).numpy()
+    w1, b1 = head.hidden[0].kernel.numpy(), head.hidden[0].bias.numpy()
+    w2, b2 = head.out.kernel.numpy(), head.out.bias.numpy()
+    np.testing.assert_allclose(out, np.maximum(features @ w1 + b1, 0) @ w2 + b2, atol=1e-5)
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="temperature must be positive"):
+        SimCLRConfig(temperature=0.0)
+    with pytest.raises(ConfigError, match="crop_min_area"):
+        SimCLRConfig(crop_min_area=0.0)
+
+
+def _train_step_on(strategy, task, weights, views):
+    """One SGD step of ``task`` under ``strategy`` from ``weights``; (loss, new weights)."""
+    with strategy.scope():
+        model = task.build_model()
+        model(task.dummy_inputs(), training=False)
+        for variable, value in zip(model.variables, weights, strict=True):
+            variable.assign(value)
+        optimizer = keras.optimizers.SGD(0.5)
+        optimizer.build(task.trainable_variables(model))
+        metrics = task.build_metrics()
+    replicas = strategy.num_replicas_in_sync
+    per_replica = views[0].shape[0] // replicas
+
+    @tf.function
+    def step():
+        inputs = strategy.experimental_distribute_values_from_function(
+            lambda context: tuple(
+                view[per_replica * context.replica_id_in_sync_group:
+                     per_replica * (context.replica_id_in_sync_group + 1)] for view in views))
+        logs = strategy.run(task.train_step, args=(inputs, model, optimizer, metrics))
+        return strategy.reduce("MEAN", logs["loss"], axis=None)
+
+    loss = float(step())
+    return loss, [v.numpy() for v in model.variables]
+
+
+def test_two_replicas_match_one_device_at_the_train_step(two_replica_strategy):
+    """Same global batch: the same loss and the same weights after a step (synchronized BN in
+    the encoder and the head, negatives gathered across replicas)."""
+    task = SimCLRTask(SimCLRConfig(global_batch_size=8, image_size=16, backbone_kwargs=TINY,
+                                   projection_hidden_units=(32,), projection_dim=16))
+    rng = np.random.default_rng(0)
+    views = tuple(rng.uniform(size=(8, 16, 16, 3)).astype(np.float32) for _ in range(2))
+    keras.utils.set_random_seed(1)
+    initial = task.build_model()
+    initial(task.dummy_inputs(), training=False)
+    weights = [v.numpy() for v in initial.variables]
+    one_loss, one_weights = _train_step_on(tf.distribute.OneDeviceStrategy("/cpu:0"), task,
+                                           weights, views)
+    two_loss, two_weights = _train_step_on(two_replica_strategy, task, weights, views)
+    assert np.isfinite(one_loss) and abs(one_loss - two_loss) < 1e-5
+    moved = max(np.abs(after - before).max()
+                for after, before in zip(one_weights, weights, strict=True))
+    assert moved > 1e-2
+    for one, two in zip(one_weights, two_weights, strict=True):
+        np.testing.assert_allclose(two, one, atol=2e-5)
+
+
+def test_trainer_lowers_the_loss_and_its_checkpoint_restores_the_encoder(tmp_path):
+    task = SimCLRTask(SimCLRConfig(global_batch_size=32, backbone_kwargs=TINY,
+                                   synchronized_bn=False, seed=2))
+    config = TrainerConfig(model_dir=str(tmp_path), train_steps=30, log_every=5,
+                           checkpoint_every=30, learning_rate=0.1, weight_decay=0.0)
+    write_run_config(tmp_path, "simclr", task.config, dataclasses.asdict(config))
+    out = io.StringIO()
+    keras.utils.set_random_seed(2)
+    trainer = Trainer(task, config, tf.distribute.OneDeviceStrategy("/cpu:0"), out=out)
+    trainer.train()
+    losses = [float(line.split("loss ")[1].split()[0])
+              for line in out.getvalue().splitlines() if line.startswith("step ")]
+    assert len(losses) == 6
+    print("simclr trainer losses", losses)
+    # Chance level: log(2N − 1) = log 63 ≈ 4.14 with 32 pairs; the means of 5 steps fall.
+    assert losses[0] > 3.5 and losses[-1] < losses[0] - 0.3, losses
+    encoder, run_config = restore_encoder(tmp_path)
+    assert run_config["task"] == "simclr"
+    trained = variable_map(trainer.model.backbone)
+    restored = variable_map(encoder)
+    assert trained.keys() == restored.keys()
+    for key, variable in restored.items():
+        np.testing.assert_array_equal(variable.numpy(), trained[key].numpy(), err_msg=key)
+
+
+@pytest.mark.slow
+def test_short_pretrain_beats_random_init_in_the_linear_probe(tmp_path):
+    """300 steps of batch 128 (≈ 3 CPU-min of training, ≈ 4.5 CPU-min with the probes).
+
+    Measured: best layer 86.9 % trained vs 84.1 % random init (REFERENCE.md: 88.8 after
+    10 CPU-min at batch 256). The margin, 1 point, is over 3× the seed-to-seed spread of the
+    random encoder (±0.3) and about a third of the measured gain.
+    """
+    results = pretrain_and_probe("simclr", tmp_path, train_steps=300, batch_size=128,
+                                 learning_rate=0.3, task_params={"temperature": 0.2})
+    print("simclr probe", results["best"], results["losses"])
+    assert results["best"]["trained"] > results["best"]["random_init"] + 1.0, results["best"]

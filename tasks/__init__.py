@@ -3,7 +3,9 @@
 from selfsup.tasks import (
     counting,  # noqa: F401  (registers "counting")
     deepcluster,  # noqa: F401  (registers "deepcluster")
+    jigsaw,  # noqa: F401  (registers "jigsaw")
     moco,  # noqa: F401  (registers "moco")
+    relative_position,  # noqa: F401  (registers "relative_position")
     rotnet,  # noqa: F401  (registers "rotnet")
     simclr,  # noqa: F401  (registers "simclr")
 )

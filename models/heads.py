@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from selfsup.models.backbone import make_batch_norm
+
 
 class LinearClassifier(keras.layers.Layer):
     """A single dense layer producing class logits (RotNet's 4-way head, linear probes)."""
@@ -21,24 +23,38 @@ class LinearClassifier(keras.layers.Layer):
 
 
 class MLPHead(keras.layers.Layer):
-    """Hidden dense + BatchNorm + ReLU layers then a linear output (SimCLR-style projector)."""
+    """Hidden dense layers with ReLU, then a linear output: the projection MLP g(·) of SimCLR
+    (Chen et al. 2020) and MoCo v2 (Chen et al. 2020), and the fully connected heads of the
+    context tasks.
 
-    def __init__(self, hidden_units: tuple[int, ...], output_units: int, **kwargs) -> None:
+    Each hidden layer is followed by BatchNorm when ``batch_norm`` (synchronized across replicas
+    when ``synchronized_bn``, so 2 replicas compute what one device does); no hidden layers give
+    a linear head (MoCo v1's projection).
+    """
+
+    def __init__(self, hidden_units: tuple[int, ...], output_units: int,
+                 batch_norm: bool = True, synchronized_bn: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.hidden_units = tuple(hidden_units)
         self.output_units = output_units
-        self.hidden = [keras.layers.Dense(u, use_bias=False, name=f"hidden{i}")
-                       for i, u in enumerate(self.hidden_units)]
-        self.norms = [keras.layers.BatchNormalization(name=f"bn{i}")
-                      for i in range(len(self.hidden_units))]
+        self.batch_norm = batch_norm
+        self.synchronized_bn = synchronized_bn
+        self.hidden = [keras.layers.Dense(units, use_bias=not batch_norm, name=f"hidden{i}")
+                       for i, units in enumerate(self.hidden_units)]
+        self.norms = ([make_batch_norm(synchronized_bn, name=f"bn{i}")
+                       for i in range(len(self.hidden_units))] if batch_norm else [])
         self.out = keras.layers.Dense(output_units, name="out")
 
     def call(self, features, training=None):
         x = features
-        for dense, norm in zip(self.hidden, self.norms, strict=True):
-            x = keras.ops.relu(norm(dense(x), training=training))
+        for index, dense in enumerate(self.hidden):
+            x = dense(x)
+            if self.batch_norm:
+                x = self.norms[index](x, training=training)
+            x = keras.ops.relu(x)
         return self.out(x)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden_units": self.hidden_units,
-                "output_units": self.output_units}
+                "output_units": self.output_units, "batch_norm": self.batch_norm,
+                "synchronized_bn": self.synchronized_bn}

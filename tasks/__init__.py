@@ -1,7 +1,9 @@
 """Pretext and downstream tasks, the trainer, and the evaluation protocols."""
 
 from selfsup.tasks import (
+    cmc,  # noqa: F401  (registers "cmc")
     counting,  # noqa: F401  (registers "counting")
+    cpc,  # noqa: F401  (registers "cpc")
     deepcluster,  # noqa: F401  (registers "deepcluster")
     jigsaw,  # noqa: F401  (registers "jigsaw")
     moco,  # noqa: F401  (registers "moco")

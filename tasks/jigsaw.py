@@ -148,7 +148,8 @@ class JigsawTask(Task):
     def build_model(self) -> PatchSetModel:
         model = PatchSetModel(self.build_backbone(), NUM_JIGSAW_TILES,
                               (tuple(range(NUM_JIGSAW_TILES)),), self.config.num_permutations,
-                              self.config.head_hidden_units, name="jigsaw")
+                              self.config.head_hidden_units,
+                              synchronized_bn=self.config.synchronized_bn, name="jigsaw")
         return build_checked(model, self.grid.tile_size, self.config.backbone)
 
     def dummy_inputs(self) -> tf.Tensor:

@@ -43,10 +43,11 @@ import tensorflow as tf
 from selfsup.datasets.augment import MOCO_CROP_AREA, ViewAugmentation, moco_augmentation
 from selfsup.models import FEATURE_ENDPOINT, build_backbone
 from selfsup.models.backbone import variable_map
+from selfsup.models.heads import MLPHead
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, Task, TaskConfig
 from selfsup.tasks.distributed import assign_replicated, gather_from_replicas
-from selfsup.tasks.simclr import ProjectionHead, view_pair_inputs
+from selfsup.tasks.simclr import view_pair_inputs
 
 MOCO_MOMENTUM = 0.999          # He et al. 2020, §3.2 and §4 (v2 keeps it)
 MOCO_PROJECTION_DIM = 128      # He et al. 2020, §3.3: 128-D L2-normalised output
@@ -225,8 +226,8 @@ class MoCoTask(Task):
                                  crop_area=(self.config.crop_min_area, 1.0),
                                  blur_probability=self.config.blur_probability)
 
-    def _head(self, name: str) -> ProjectionHead:
-        return ProjectionHead(self.config.projection_hidden_units, self.config.projection_dim,
+    def _head(self, name: str) -> MLPHead:
+        return MLPHead(self.config.projection_hidden_units, self.config.projection_dim,
                               batch_norm=False, name=name)
 
     def build_model(self) -> MoCoModel:

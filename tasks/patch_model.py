@@ -33,7 +33,8 @@ class PatchSetModel(keras.Model):
 
     def __init__(self, backbone: keras.Model, num_patches: int,
                  groups: tuple[tuple[int, ...], ...], num_classes: int,
-                 hidden_units: tuple[int, ...] = (), **kwargs) -> None:
+                 hidden_units: tuple[int, ...] = (), synchronized_bn: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if len({len(group) for group in groups}) != 1:
             raise ValueError(f"every group needs the same number of patches, got {groups}")
@@ -42,7 +43,8 @@ class PatchSetModel(keras.Model):
         self.backbone = backbone
         self.num_patches = num_patches
         self.groups = tuple(tuple(group) for group in groups)
-        self.head = MLPHead(hidden_units, num_classes, name="head")
+        self.head = MLPHead(hidden_units, num_classes, synchronized_bn=synchronized_bn,
+                            name="head")
 
     def call(self, patches, training=None):
         size, channels = patches.shape[-3], patches.shape[-1]

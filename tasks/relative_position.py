@@ -172,7 +172,9 @@ class RelativePositionTask(Task):
         else:
             num_patches, groups = 2, PAIR_GROUPS
         model = PatchSetModel(self.build_backbone(), num_patches, groups, NUM_POSITIONS,
-                              self.config.head_hidden_units, name="relative_position")
+                              self.config.head_hidden_units,
+                              synchronized_bn=self.config.synchronized_bn,
+                              name="relative_position")
         return build_checked(model, self.grid.tile_size, self.config.backbone)
 
     def dummy_inputs(self) -> tf.Tensor:

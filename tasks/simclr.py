@@ -32,49 +32,13 @@ import tensorflow as tf
 
 from selfsup.datasets import training_images
 from selfsup.datasets.augment import ViewAugmentation, simclr_augmentation, view_pairs
-from selfsup.models.backbone import make_batch_norm
+from selfsup.models.heads import MLPHead
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, PretextModel, Task, TaskConfig
 from selfsup.tasks.contrastive import nt_xent
 
 SIMCLR_PROJECTION_DIM = 128  # Chen et al. 2020, §4.2 / Fig. 8: z = g(h) ∈ R^128.
 FASHION_MNIST_TEMPERATURE = 0.2  # measured on Fashion-MNIST (REFERENCE.md); paper: 0.1 / 0.5.
-
-
-class ProjectionHead(keras.layers.Layer):
-    """The projection MLP g(·) of SimCLR (Chen et al. 2020) and MoCo v2 (Chen et al. 2020).
-
-    ``hidden_units`` dense layers with ReLU (each followed by BatchNorm when ``batch_norm``;
-    synchronized across replicas when ``synchronized_bn``) and a linear output layer; no hidden
-    layers gives MoCo v1's linear projection.
-    """
-
-    def __init__(self, hidden_units: tuple[int, ...], output_units: int,
-                 batch_norm: bool = True, synchronized_bn: bool = False, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.hidden_units = tuple(hidden_units)
-        self.output_units = output_units
-        self.batch_norm = batch_norm
-        self.synchronized_bn = synchronized_bn
-        self.hidden = [keras.layers.Dense(units, use_bias=not batch_norm, name=f"hidden{i}")
-                       for i, units in enumerate(self.hidden_units)]
-        self.norms = ([make_batch_norm(synchronized_bn, name=f"bn{i}")
-                       for i in range(len(self.hidden_units))] if batch_norm else [])
-        self.out = keras.layers.Dense(output_units, name="out")
-
-    def call(self, features, training=None):
-        x = features
-        for index, dense in enumerate(self.hidden):
-            x = dense(x)
-            if self.batch_norm:
-                x = self.norms[index](x, training=training)
-            x = keras.ops.relu(x)
-        return self.out(x)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "hidden_units": self.hidden_units,
-                "output_units": self.output_units, "batch_norm": self.batch_norm,
-                "synchronized_bn": self.synchronized_bn}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +103,7 @@ class SimCLRTask(Task):
 
     def build_model(self) -> PretextModel:
         config = self.config
-        head = ProjectionHead(config.projection_hidden_units, config.projection_dim,
+        head = MLPHead(config.projection_hidden_units, config.projection_dim,
                               batch_norm=config.projection_batch_norm,
                               synchronized_bn=config.synchronized_bn, name="head")
         return PretextModel(self.build_backbone(), head, name="simclr")

@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from helpers import pretrain_and_probe
 from selfsup.models.backbone import variable_map
+from selfsup.models.heads import MLPHead
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.checkpoints import restore_encoder, write_run_config
-from selfsup.tasks.simclr import ProjectionHead, SimCLRConfig, SimCLRTask
+from selfsup.tasks.simclr import SimCLRConfig, SimCLRTask
 from selfsup.tasks.trainer import Trainer, TrainerConfig
 
 # A two-stage, narrow resnet_small: the tests are about the task, not the encoder's capacity.
@@ -46,7 +47,7 @@ def test_views_are_seeded_and_independent_of_how_replicas_split_the_batch(first_
 
 
 def test_projection_head_is_a_relu_mlp_without_norm_when_asked():
-    head = ProjectionHead((6,), 3, batch_norm=False)
+    head = MLPHead((6,), 3, batch_norm=False)
     features = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
     out = head(features).numpy()
     w1, b1 = head.hidden[0].kernel.numpy(), head.hidden[0].bias.numpy()

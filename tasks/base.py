@@ -141,30 +141,50 @@ class Task(abc.ABC):
             return self.config.global_batch_size
         return input_context.get_per_replica_batch_size(self.config.global_batch_size)
 
+    def compute_loss(self, inputs, model: keras.Model, training: bool
+                     ) -> tuple[tf.Tensor, Any, dict[str, tf.Tensor]]:
+        """``(mean loss of this replica's batch, labels, outputs)`` for one batch of inputs.
+
+        The hook most tasks override (label-free tasks return ``None`` labels and whatever
+        outputs their :meth:`update_metrics` reads); the steps below wrap it. The default reads
+        ``(images, labels)`` and applies :meth:`build_losses` to the model's outputs.
+        """
+        images, labels = inputs
+        outputs = model(images, training=training)
+        return self.build_losses(labels, outputs), labels, outputs
+
+    def apply_gradients(self, tape: tf.GradientTape, replica_loss: tf.Tensor,
+                        model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+        """Applies the gradient of ``replica_loss`` (from :func:`scale_replica_loss`) to
+        :meth:`trainable_variables`; the strategy sums the replicas' gradients."""
+        variables = self.trainable_variables(model)
+        gradients = tape.gradient(replica_loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
     def train_step(self, inputs, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                    metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
         """One step on one replica; the loss is scaled so replica gradients sum to the mean."""
-        images, labels = inputs
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            outputs = model(images, training=True)
-            loss = self.build_losses(labels, outputs)
-            scaled_loss = loss / num_replicas
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled_loss = optimizer.scale_loss(scaled_loss)
-        variables = self.trainable_variables(model)
-        gradients = tape.gradient(scaled_loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            loss, labels, outputs = self.compute_loss(inputs, model, training=True)
+            replica_loss = scale_replica_loss(loss, optimizer)
+        self.apply_gradients(tape, replica_loss, model, optimizer)
         self.update_metrics(metrics, loss, labels, outputs)
         return {"loss": loss}
 
     def validation_step(self, inputs, model: keras.Model,
                         metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
-        images, labels = inputs
-        outputs = model(images, training=False)
-        loss = self.build_losses(labels, outputs)
+        loss, labels, outputs = self.compute_loss(inputs, model, training=False)
         self.update_metrics(metrics, loss, labels, outputs)
         return {"loss": loss}
+
+
+def scale_replica_loss(loss: tf.Tensor, optimizer: keras.optimizers.Optimizer) -> tf.Tensor:
+    """``loss`` divided by the number of replicas (their summed gradients are then the
+    global-batch mean's), times the loss scale under mixed float16. Call inside the tape."""
+    scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scaled = optimizer.scale_loss(scaled)
+    return scaled
 
 
 TASKS: Registry[type[Task]] = Registry("task")

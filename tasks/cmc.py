@@ -229,25 +229,10 @@ class CMCTask(Task):
     def build_metrics(self) -> list[keras.metrics.Metric]:
         return [keras.metrics.Mean("loss")]
 
-    def update_metrics(self, metrics, loss, labels, outputs) -> None:
-        for metric in metrics:
-            metric.update_state(loss)
-
-    def train_step(self, inputs, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                   metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
-        """The base step without labels: the inputs are just the images."""
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            outputs = model(inputs, training=True)
-            loss = self.build_losses(None, outputs)
-            scaled_loss = loss / num_replicas
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled_loss = optimizer.scale_loss(scaled_loss)
-        variables = self.trainable_variables(model)
-        gradients = tape.gradient(scaled_loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        self.update_metrics(metrics, loss, None, outputs)
-        return {"loss": loss}
+    def compute_loss(self, inputs, model: keras.Model, training: bool):
+        """Label-free: the inputs are just the model's input."""
+        outputs = model(inputs, training=training)
+        return self.build_losses(None, outputs), None, outputs
 
 
 TASKS.register("cmc", CMCTask)

@@ -179,29 +179,13 @@ class CountingTask(Task):
         tile_counts = tf.reshape(counts[batch:], [batch, NUM_TILES, -1])
         return counting_loss(counts[:batch], tile_counts, self.config.margin)
 
-    def _update(self, metrics: list[keras.metrics.Metric], terms: dict[str, tf.Tensor]) -> None:
+    def compute_loss(self, inputs, model: keras.Model, training: bool):
+        terms = self._losses(inputs, model, training)
+        return terms["loss"], None, terms
+
+    def update_metrics(self, metrics, loss, labels, outputs) -> None:
         for metric in metrics:
-            metric.update_state(terms[metric.name])
-
-    def train_step(self, inputs, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                   metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            terms = self._losses(inputs, model, training=True)
-            scaled_loss = terms["loss"] / num_replicas
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled_loss = optimizer.scale_loss(scaled_loss)
-        variables = self.trainable_variables(model)
-        gradients = tape.gradient(scaled_loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        self._update(metrics, terms)
-        return {"loss": terms["loss"]}
-
-    def validation_step(self, inputs, model: keras.Model,
-                        metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
-        terms = self._losses(inputs, model, training=False)
-        self._update(metrics, terms)
-        return {"loss": terms["loss"]}
+            metric.update_state(outputs[metric.name])
 
 
 TASKS.register("counting", CountingTask)

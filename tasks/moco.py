@@ -45,8 +45,9 @@ from selfsup.models import FEATURE_ENDPOINT, build_backbone
 from selfsup.models.backbone import variable_map
 from selfsup.models.heads import MLPHead
 from selfsup.models.registry import ConfigError
-from selfsup.tasks.base import TASKS, Task, TaskConfig
+from selfsup.tasks.base import TASKS, Task, TaskConfig, scale_replica_loss
 from selfsup.tasks.distributed import assign_replicated, gather_from_replicas
+from selfsup.tasks.info_nce import info_nce
 from selfsup.tasks.simclr import view_pair_inputs
 
 MOCO_MOMENTUM = 0.999          # He et al. 2020, §3.2 and §4 (v2 keeps it)
@@ -73,11 +74,9 @@ def moco_logits(queries: tf.Tensor, keys: tf.Tensor, queue: tf.Tensor,
     return tf.concat([positive, negative], axis=1) / temperature
 
 
-def info_nce(logits: tf.Tensor) -> tf.Tensor:
-    """Mean cross-entropy with the positive at index 0 of every row."""
-    labels = tf.zeros([tf.shape(logits)[0]], tf.int32)
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+def moco_info_nce(logits: tf.Tensor) -> tf.Tensor:
+    """InfoNCE of :func:`moco_logits` rows, whose positive is column 0."""
+    return info_nce(logits, tf.zeros([tf.shape(logits)[0]], tf.int32))
 
 
 def enqueue(queue: tf.Tensor, pointer: tf.Tensor, keys: tf.Tensor
@@ -273,20 +272,15 @@ class MoCoTask(Task):
     def train_step(self, inputs, model: MoCoModel, optimizer: keras.optimizers.Optimizer,
                    metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
         query_images, key_images = inputs
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         model.momentum_update(self.config.momentum)
         keys = self.compute_keys(model, key_images, optimizer.iterations)
         queue = tf.convert_to_tensor(model.queue)
         with tf.GradientTape() as tape:
             queries = model(query_images, training=True)["logits"]
             logits = moco_logits(queries, keys, queue, self.config.temperature)
-            loss = info_nce(logits)
-            scaled_loss = loss / num_replicas
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled_loss = optimizer.scale_loss(scaled_loss)
-        variables = self.trainable_variables(model)
-        gradients = tape.gradient(scaled_loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            loss = moco_info_nce(logits)
+            replica_loss = scale_replica_loss(loss, optimizer)
+        self.apply_gradients(tape, replica_loss, model, optimizer)
         all_keys, _ = gather_from_replicas(keys)
         with tf.control_dependencies([loss]):
             model.enqueue(all_keys)
@@ -301,7 +295,7 @@ class MoCoTask(Task):
         queries = model(query_images, training=False)["logits"]
         logits = moco_logits(queries, keys, tf.convert_to_tensor(model.queue),
                              self.config.temperature)
-        loss = info_nce(logits)
+        loss = moco_info_nce(logits)
         self.update_metrics(metrics, loss, tf.zeros([tf.shape(logits)[0]], tf.int32),
                             {"logits": logits})
         return {"loss": loss}

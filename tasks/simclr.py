@@ -122,25 +122,8 @@ class SimCLRTask(Task):
         projections = model(tf.concat([view_a, view_b], axis=0), training=training)["logits"]
         return nt_xent(projections[:count], projections[count:], self.config.temperature)
 
-    def train_step(self, inputs, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                   metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            loss = self.contrastive_loss(inputs, model, training=True)
-            scaled_loss = loss / num_replicas
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                scaled_loss = optimizer.scale_loss(scaled_loss)
-        variables = self.trainable_variables(model)
-        gradients = tape.gradient(scaled_loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        self.update_metrics(metrics, loss, None, {})
-        return {"loss": loss}
-
-    def validation_step(self, inputs, model: keras.Model,
-                        metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
-        loss = self.contrastive_loss(inputs, model, training=False)
-        self.update_metrics(metrics, loss, None, {})
-        return {"loss": loss}
+    def compute_loss(self, inputs, model: keras.Model, training: bool):
+        return self.contrastive_loss(inputs, model, training), None, {}
 
 
 TASKS.register("simclr", SimCLRTask)

@@ -18,8 +18,10 @@ IMAGE_SIZE = 28  # Fashion-MNIST as it is: the smallest input every backbone mus
 
 # Deep networks whose zoo check takes 40–90 s here (mostly tracing the gradient graph); their
 # family is covered by a faster sibling by default (resnet18, googlenet) or, for DenseNet-121,
-# by the Keras-applications equivalence test. `make test-slow` runs them.
-SLOW_BACKBONES = {"resnet34", "resnet50", "googlenet_bn", "densenet121"}
+# by the Keras-applications equivalence test. AlexNet and VGG-16 as published (no BatchNorm,
+# ~27 s each) are covered by their BN siblings, which share every other layer, and by the
+# paper-count tests. `make test-slow` runs them all.
+SLOW_BACKBONES = {"resnet34", "resnet50", "googlenet_bn", "densenet121", "alexnet", "vgg16"}
 
 
 @pytest.mark.parametrize("backbone", [

@@ -18,7 +18,7 @@ from selfsup.tasks.moco import (
     MoCoConfig,
     MoCoTask,
     enqueue,
-    info_nce,
+    moco_info_nce,
     moco_logits,
 )
 from selfsup.tasks.trainer import Trainer, TrainerConfig
@@ -53,7 +53,7 @@ def test_logits_put_the_positive_at_index_zero_like_a_numpy_reference():
     expected_logits, expected_loss = numpy_info_nce(q, k, queue, 0.2)
     assert logits.shape == (5, 8)
     np.testing.assert_allclose(logits.numpy(), expected_logits, atol=1e-4)
-    assert abs(float(info_nce(logits)) - expected_loss) < 1e-4
+    assert abs(float(moco_info_nce(logits)) - expected_loss) < 1e-4
     # Identical queries and keys: column 0 holds 1/τ, the largest possible score.
     same = moco_logits(tf.constant(k, tf.float32), tf.constant(k, tf.float32),
                        tf.constant(queue, tf.float32), 0.5).numpy()
@@ -65,7 +65,7 @@ def test_equal_scores_give_log_of_one_plus_queue_size():
     q = tf.constant([[1.0, 0.0], [1.0, 0.0]])
     k = tf.constant([[0.0, 1.0], [0.0, -1.0]])          # orthogonal to the queries: score 0
     queue = tf.constant([[0.0, 1.0]] * 6)                # orthogonal as well
-    loss = info_nce(moco_logits(q, k, queue, 0.07))
+    loss = moco_info_nce(moco_logits(q, k, queue, 0.07))
     np.testing.assert_allclose(float(loss), math.log(1 + 6), rtol=1e-6)
 
 
@@ -76,7 +76,7 @@ def test_gradient_flows_into_queries_only_not_keys_or_queue():
     queue = tf.Variable(_unit(rng.normal(size=(6, 4))).astype(np.float32), trainable=False)
     with tf.GradientTape() as tape:
         tape.watch(queue)
-        loss = info_nce(moco_logits(q, k, queue, 0.2))
+        loss = moco_info_nce(moco_logits(q, k, queue, 0.2))
     grad_q, grad_k, grad_queue = tape.gradient(loss, [q, k, queue])
     assert grad_k is None and grad_queue is None
     assert float(tf.reduce_max(tf.abs(grad_q))) > 1e-3
@@ -211,7 +211,7 @@ def test_the_loss_reaches_query_variables_but_no_key_variable(four_steps):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(model.queue.value)
         queries = model(query_images, training=True)["logits"]
-        loss = info_nce(moco_logits(queries, keys, model.queue.value, task.config.temperature))
+        loss = moco_info_nce(moco_logits(queries, keys, model.queue.value, task.config.temperature))
     key_gradients = tape.gradient(loss, [k for _, k in model.encoder_pairs(trainable_only=True)])
     assert all(g is None for g in key_gradients)
     assert tape.gradient(loss, model.queue.value) is None

@@ -62,3 +62,102 @@ def pretrain_and_probe(task_name: str, model_dir: Path, *, train_steps: int, bat
                        for column in ("trained", "random_init")}
     results["losses"] = losses
     return results
+
+
+def initial_weights(task, seed: int = 1) -> tuple:
+    """A freshly built model of ``task`` (seeded) and a copy of its variables' values."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = task.build_model()
+    model(task.dummy_inputs(), training=False)
+    return model, [variable.numpy() for variable in model.variables]
+
+
+def one_step_from(strategy, task, weights: list, inputs, learning_rate: float) -> tuple:
+    """One SGD step of ``task`` under ``strategy`` from ``weights`` on the global batch
+    ``inputs`` (arrays, or a tuple of them, split along axis 0 between the replicas).
+
+    Returns (the replicas' mean loss, the weights after the step).
+    """
+    import keras
+
+    with strategy.scope():
+        model = task.build_model()
+        model(task.dummy_inputs(), training=False)
+        for variable, value in zip(model.variables, weights, strict=True):
+            variable.assign(value)
+        optimizer = keras.optimizers.SGD(learning_rate)
+        optimizer.build(task.trainable_variables(model))
+        metrics = task.build_metrics()
+    per_replica = tf.nest.flatten(inputs)[0].shape[0] // strategy.num_replicas_in_sync
+
+    def replica_inputs(context):
+        start = per_replica * context.replica_id_in_sync_group
+        return tf.nest.map_structure(lambda array: array[start:start + per_replica], inputs)
+
+    @tf.function
+    def step():
+        batch = strategy.experimental_distribute_values_from_function(replica_inputs)
+        logs = strategy.run(task.train_step, args=(batch, model, optimizer, metrics))
+        return strategy.reduce("MEAN", logs["loss"], axis=None)
+
+    loss = float(step())
+    return loss, [variable.numpy() for variable in model.variables]
+
+
+def assert_two_replicas_match_one_device(task, weights: list, inputs, strategy, *,
+                                         learning_rate: float = 0.5,
+                                         min_move: float = 1e-2) -> float:
+    """One step on one device and on the 2-replica ``strategy`` from the same ``weights`` and
+    global batch: the same loss and the same weights after it (which did move). Returns the
+    loss."""
+    one_loss, one_weights = one_step_from(tf.distribute.OneDeviceStrategy("/cpu:0"), task,
+                                          weights, inputs, learning_rate)
+    two_loss, two_weights = one_step_from(strategy, task, weights, inputs, learning_rate)
+    assert np.isfinite(one_loss) and abs(one_loss - two_loss) < 1e-5, (one_loss, two_loss)
+    moved = max(np.abs(after - before).max()
+                for after, before in zip(one_weights, weights, strict=True))
+    assert moved > min_move, moved
+    for one, two in zip(one_weights, two_weights, strict=True):
+        np.testing.assert_allclose(two, one, atol=2e-5)
+    return one_loss
+
+
+def train_in_process(task, task_name: str, model_dir: Path, **trainer_settings) -> tuple:
+    """Runs the real Trainer (one device, seeded) on ``task``; returns (logged losses, trainer).
+
+    Writes the run config first, as ``run_training`` does, so the run dir restores.
+    """
+    import dataclasses
+    import io
+
+    import keras
+
+    from selfsup.tasks.checkpoints import write_run_config
+    from selfsup.tasks.trainer import Trainer, TrainerConfig
+
+    config = TrainerConfig(model_dir=str(model_dir), **trainer_settings)
+    write_run_config(model_dir, task_name, task.config, dataclasses.asdict(config))
+    out = io.StringIO()
+    keras.utils.set_random_seed(task.config.seed)
+    trainer = Trainer(task, config, tf.distribute.OneDeviceStrategy("/cpu:0"), out=out)
+    trainer.train()
+    losses = [float(line.split("loss ")[1].split()[0])
+              for line in out.getvalue().splitlines() if line.startswith("step ")]
+    return losses, trainer
+
+
+def assert_encoder_restores(model_dir: Path, trainer, task_name: str):
+    """``restore_encoder`` gives back exactly the trained ``model.backbone``; returns it."""
+    from selfsup.models.backbone import variable_map
+    from selfsup.tasks.checkpoints import restore_encoder
+
+    encoder, run_config = restore_encoder(model_dir)
+    assert run_config["task"] == task_name
+    trained = variable_map(trainer.model.backbone)
+    restored = variable_map(encoder)
+    assert trained.keys() == restored.keys()
+    for key, variable in restored.items():
+        np.testing.assert_array_equal(variable.numpy(), trained[key].numpy(), err_msg=key)
+    return encoder

@@ -1,20 +1,21 @@
 """CPC: patch grid, offsets, loss against a numpy loop, causality, replicas, training."""
 
-import dataclasses
-import io
 import math
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import pretrain_and_probe
+from helpers import (
+    assert_encoder_restores,
+    assert_two_replicas_match_one_device,
+    initial_weights,
+    pretrain_and_probe,
+    train_in_process,
+)
 from selfsup.export.saved_model import export_encoder
-from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
-from selfsup.tasks.checkpoints import restore_encoder, write_run_config
 from selfsup.tasks.cpc import (
     CPCConfig,
     CPCTask,
@@ -25,7 +26,6 @@ from selfsup.tasks.cpc import (
     prediction_offsets,
     resolve_geometry,
 )
-from selfsup.tasks.trainer import Trainer, TrainerConfig
 
 # A two-stage, narrow resnet_small: the tests are about the task, not the encoder's capacity.
 TINY = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stem_width": 8}
@@ -183,30 +183,6 @@ def test_bad_settings_are_config_errors():
                                                                                      4, 5)
 
 
-def _train_step_on(strategy, task, weights, patches):
-    """One SGD step of ``task`` under ``strategy`` from ``weights``: (loss, new weights)."""
-    with strategy.scope():
-        model = task.build_model()
-        model(task.dummy_inputs(), training=False)
-        for variable, value in zip(model.variables, weights, strict=True):
-            variable.assign(value)
-        optimizer = keras.optimizers.SGD(0.05)
-        optimizer.build(task.trainable_variables(model))
-        metrics = task.build_metrics()
-    per_replica = patches.shape[0] // strategy.num_replicas_in_sync
-
-    @tf.function
-    def step():
-        inputs = strategy.experimental_distribute_values_from_function(
-            lambda context: patches[per_replica * context.replica_id_in_sync_group:
-                                    per_replica * (context.replica_id_in_sync_group + 1)])
-        logs = strategy.run(task.train_step, args=(inputs, model, optimizer, metrics))
-        return strategy.reduce("MEAN", logs["loss"], axis=None)
-
-    loss = float(step())
-    return loss, [v.numpy() for v in model.variables]
-
-
 def test_two_replicas_match_one_device_at_the_train_step(two_replica_strategy):
     """Same global batch: the same loss and weights after a step (synchronized BN, candidates
     gathered across replicas). The maps start from random values, not zero, so the first
@@ -216,47 +192,25 @@ def test_two_replicas_match_one_device_at_the_train_step(two_replica_strategy):
                              context_layers=2, backbone_kwargs=ONE_STAGE))
     images = np.random.default_rng(6).uniform(size=(4, 12, 12, 3)).astype(np.float32)
     patches = patch_grid(tf.constant(images), task.config.geometry()).numpy()
-    keras.utils.set_random_seed(1)
-    initial = task.build_model()
-    initial(task.dummy_inputs(), training=False)
+    initial, _ = initial_weights(task)
     initial.predictors.kernel.assign(
         np.random.default_rng(7).normal(scale=0.3, size=initial.predictors.kernel.shape))
     weights = [v.numpy() for v in initial.variables]
-    one_loss, one_weights = _train_step_on(tf.distribute.OneDeviceStrategy("/cpu:0"), task,
-                                           weights, patches)
-    two_loss, two_weights = _train_step_on(two_replica_strategy, task, weights, patches)
-    assert np.isfinite(one_loss) and abs(one_loss - math.log(4 * 25)) > 1e-2
-    assert abs(one_loss - two_loss) < 1e-5
-    moved = max(np.abs(after - before).max()
-                for after, before in zip(one_weights, weights, strict=True))
-    assert moved > 1e-3
-    for one, two in zip(one_weights, two_weights, strict=True):
-        np.testing.assert_allclose(two, one, atol=2e-5)
+    loss = assert_two_replicas_match_one_device(task, weights, patches, two_replica_strategy,
+                                                learning_rate=0.05, min_move=1e-3)
+    assert abs(loss - math.log(4 * 25)) > 1e-2
 
 
 def test_trainer_lowers_the_loss_and_its_checkpoint_restores_the_encoder(tmp_path):
     task = CPCTask(CPCConfig(global_batch_size=16, backbone_kwargs=TINY, synchronized_bn=False,
                              seed=2))
-    config = TrainerConfig(model_dir=str(tmp_path), train_steps=30, log_every=5,
-                           checkpoint_every=30, learning_rate=3e-3, optimizer="adam",
-                           weight_decay=0.0)
-    write_run_config(tmp_path, "cpc", task.config, dataclasses.asdict(config))
-    out = io.StringIO()
-    keras.utils.set_random_seed(2)
-    trainer = Trainer(task, config, tf.distribute.OneDeviceStrategy("/cpu:0"), out=out)
-    trainer.train()
-    losses = [float(line.split("loss ")[1].split()[0])
-              for line in out.getvalue().splitlines() if line.startswith("step ")]
+    losses, trainer = train_in_process(task, "cpc", tmp_path, train_steps=30, log_every=5,
+                                       checkpoint_every=30, learning_rate=3e-3,
+                                       optimizer="adam", weight_decay=0.0)
     assert len(losses) == 6
     # Chance level: log(16 · 49) ≈ 6.66 (the first step is exactly there); the means fall.
     assert losses[0] > 6.0 and losses[-1] < losses[0] - 0.3, losses
-    encoder, run_config = restore_encoder(tmp_path)
-    assert run_config["task"] == "cpc"
-    trained = variable_map(trainer.model.backbone)
-    restored = variable_map(encoder)
-    assert trained.keys() == restored.keys()
-    for key, variable in restored.items():
-        np.testing.assert_array_equal(variable.numpy(), trained[key].numpy(), err_msg=key)
+    encoder = assert_encoder_restores(tmp_path, trainer, "cpc")
     # The probed encoder takes whole images and cuts them into the training grid itself.
     assert encoder(tf.zeros([1, 28, 28, 3]), training=False)["pool"].shape == (1, 16)
 

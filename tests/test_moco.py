@@ -1,7 +1,5 @@
 """MoCo: momentum copy, queue, logits and replica behaviour, each against a plain reference."""
 
-import dataclasses
-import io
 import math
 
 import keras
@@ -9,11 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import pretrain_and_probe
+from helpers import assert_encoder_restores, pretrain_and_probe, train_in_process
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import parse_task_params
-from selfsup.tasks.checkpoints import restore_encoder, write_run_config
 from selfsup.tasks.moco import (
     MoCoConfig,
     MoCoTask,
@@ -21,7 +18,6 @@ from selfsup.tasks.moco import (
     moco_info_nce,
     moco_logits,
 )
-from selfsup.tasks.trainer import Trainer, TrainerConfig
 
 TINY = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stem_width": 8}
 BATCH, QUEUE, MOMENTUM, SIZE = 4, 12, 0.9, 16
@@ -334,27 +330,14 @@ def test_split_shuffle_bn_on_one_device_encodes_random_sub_batches_in_order():
 def test_trainer_lowers_the_loss_and_its_checkpoint_restores_the_encoder(tmp_path):
     task = MoCoTask(MoCoConfig(global_batch_size=32, queue_size=64, backbone_kwargs=TINY,
                                synchronized_bn=False, momentum=0.99, seed=2))
-    config = TrainerConfig(model_dir=str(tmp_path), train_steps=40, log_every=5,
-                           checkpoint_every=40, learning_rate=0.1, weight_decay=0.0)
-    write_run_config(tmp_path, "moco", task.config, dataclasses.asdict(config))
-    out = io.StringIO()
-    keras.utils.set_random_seed(2)
-    trainer = Trainer(task, config, tf.distribute.OneDeviceStrategy("/cpu:0"), out=out)
-    trainer.train()
-    losses = [float(line.split("loss ")[1].split()[0])
-              for line in out.getvalue().splitlines() if line.startswith("step ")]
+    losses, trainer = train_in_process(task, "moco", tmp_path, train_steps=40, log_every=5,
+                                       checkpoint_every=40, learning_rate=0.1,
+                                       weight_decay=0.0)
     assert len(losses) == 8
-    print("moco trainer losses", losses)
     # The first window includes the first two steps, whose queue still holds random vectors
     # (easy negatives); from the second window on it holds real keys: chance is log(1 + 64).
     assert losses[1] > 3.0 and losses[-1] < losses[1] - 0.2, losses
-    encoder, run_config = restore_encoder(tmp_path)
-    assert run_config["task"] == "moco"
-    trained = variable_map(trainer.model.backbone)
-    restored = variable_map(encoder)
-    assert trained.keys() == restored.keys()
-    for key, variable in restored.items():
-        np.testing.assert_array_equal(variable.numpy(), trained[key].numpy(), err_msg=key)
+    assert_encoder_restores(tmp_path, trainer, "moco")
 
 
 @pytest.mark.slow

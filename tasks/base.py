@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import keras
 import tensorflow as tf
 
-from selfsup.datasets import ImageSource, open_source
+from selfsup.datasets import ImageSource, open_source, pipelines
 from selfsup.models import FEATURE_ENDPOINT, build_backbone
 from selfsup.models.registry import ConfigError, Registry
 
@@ -135,6 +135,14 @@ class Task(abc.ABC):
                 metric.update_state(loss)
             else:
                 metric.update_state(labels, tf.cast(outputs["logits"], tf.float32))
+
+    def training_images(self, input_context: tf.distribute.InputContext | None = None
+                        ) -> tf.data.Dataset:
+        """Endless, seeded-shuffled batches of this replica's float RGB training images."""
+        config = self.config
+        return pipelines.training_images(self.source, config.train_split, config.image_size,
+                                         self.per_replica_batch_size(input_context), config.seed,
+                                         input_context)
 
     def per_replica_batch_size(self, input_context: tf.distribute.InputContext | None) -> int:
         if input_context is None:

@@ -37,7 +37,6 @@ import inspect
 import keras
 import tensorflow as tf
 
-from selfsup.datasets import training_images
 from selfsup.datasets.color import rgb_to_lab
 from selfsup.models import BACKBONES, FEATURE_ENDPOINT, Backbone, build_backbone
 from selfsup.models.registry import ConfigError
@@ -209,9 +208,7 @@ class CMCTask(Task):
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
         config = self.config
-        images = training_images(self.source, config.train_split, config.image_size,
-                                 self.per_replica_batch_size(input_context), config.seed,
-                                 input_context)
+        images = self.training_images(input_context)
         if config.tint_gray_images:
             # Stateless seeds from the batch index: a resumed run (which skips batches)
             # sees the same tints.

@@ -23,7 +23,6 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from selfsup.datasets import training_images
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, PretextModel, Task, TaskConfig
 
@@ -152,8 +151,7 @@ class CountingTask(Task):
         batch_size = self.per_replica_batch_size(input_context)
         if batch_size < 2:
             raise ConfigError("counting needs at least 2 images per replica (the contrast image)")
-        images = training_images(self.source, self.config.train_split, self.config.image_size,
-                                 batch_size, self.config.seed, input_context)
+        images = self.training_images(input_context)
         if self.config.downsample == "area":
             views = images.map(downsample_and_tile, num_parallel_calls=tf.data.AUTOTUNE)
         else:

@@ -47,7 +47,6 @@ import math
 import keras
 import tensorflow as tf
 
-from selfsup.datasets import training_images
 from selfsup.models import FEATURE_ENDPOINT, Backbone, build_backbone
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import BACKBONE_NAME, TASKS, Task, TaskConfig
@@ -314,9 +313,7 @@ class CPCTask(Task):
                      ) -> tf.data.Dataset:
         config = self.config
         geometry = config.geometry()
-        images = training_images(self.source, config.train_split, config.image_size,
-                                 self.per_replica_batch_size(input_context), config.seed,
-                                 input_context)
+        images = self.training_images(input_context)
         return images.map(lambda batch: patch_grid(batch, geometry),
                           num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

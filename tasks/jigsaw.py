@@ -26,7 +26,6 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from selfsup.datasets import training_images
 from selfsup.datasets.patches import (
     NORMALIZATIONS,
     TileGrid,
@@ -159,9 +158,7 @@ class JigsawTask(Task):
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
         config = self.config
-        images = training_images(self.source, config.train_split, config.image_size,
-                                 self.per_replica_batch_size(input_context), config.seed,
-                                 input_context)
+        images = self.training_images(input_context)
         stream = input_context.input_pipeline_id if input_context is not None else 0
         table = tf.constant(self.permutations, tf.int32)
 

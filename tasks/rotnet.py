@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from selfsup.datasets import training_images
 from selfsup.models.heads import LinearClassifier
 from selfsup.tasks.base import TASKS, PretextModel, Task, TaskConfig
 
@@ -42,9 +41,7 @@ class RotNetTask(Task):
 
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
-        images = training_images(self.source, self.config.train_split, self.config.image_size,
-                                 self.per_replica_batch_size(input_context), self.config.seed,
-                                 input_context)
+        images = self.training_images(input_context)
         return images.map(rotate_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE)
 

@@ -33,6 +33,8 @@ import math
 
 import tensorflow as tf
 
+from selfsup.datasets.preprocess import gray_rgb
+
 # Inception-style crop of SimCLR Appendix A (area fraction and aspect ratio ranges).
 SIMCLR_CROP_AREA = (0.08, 1.0)
 CROP_ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -43,8 +45,6 @@ BLUR_SIGMA = (0.1, 2.0)
 BLUR_KERNEL_FRACTION = 0.1
 # Attempts at an in-image crop box before falling back to the whole image (Inception/torchvision).
 CROP_ATTEMPTS = 10
-# ITU-R 601 luma weights, as tf.image.rgb_to_grayscale and torchvision.
-LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,16 +161,9 @@ def random_flip(images: tf.Tensor, seed, probability: float = 0.5) -> tf.Tensor:
                     images)
 
 
-def to_grayscale(images: tf.Tensor) -> tf.Tensor:
-    """Luma of RGB images, repeated over the three channels."""
-    luma = tf.reduce_sum(images * tf.constant(LUMA_WEIGHTS, images.dtype), axis=-1,
-                         keepdims=True)
-    return tf.tile(luma, [1, 1, 1, 3])
-
-
 def random_grayscale(images: tf.Tensor, seed, probability: float = 0.2) -> tf.Tensor:
     """Replaces each image by its grayscale version with ``probability``."""
-    return tf.where(_per_image_mask(images, seed, probability), to_grayscale(images), images)
+    return tf.where(_per_image_mask(images, seed, probability), gray_rgb(images), images)
 
 
 def _factors(images: tf.Tensor, seed, strength: float) -> tf.Tensor:
@@ -195,10 +188,10 @@ def color_jitter(images: tf.Tensor, seed, brightness: float, contrast: float,
         else:
             x = tf.clip_by_value(x * _factors(x, seeds[0], brightness), 0.0, 1.0)
     if contrast > 0:
-        mean = tf.reduce_mean(to_grayscale(x)[..., :1], axis=[1, 2, 3], keepdims=True)
+        mean = tf.reduce_mean(gray_rgb(x)[..., :1], axis=[1, 2, 3], keepdims=True)
         x = tf.clip_by_value((x - mean) * _factors(x, seeds[1], contrast) + mean, 0.0, 1.0)
     if saturation > 0:
-        gray = to_grayscale(x)
+        gray = gray_rgb(x)
         x = tf.clip_by_value(gray + (x - gray) * _factors(x, seeds[2], saturation), 0.0, 1.0)
     if hue > 0:
         shift = tf.reshape(_uniform([batch], seeds[3], -hue, hue), [-1, 1, 1])

@@ -19,6 +19,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from selfsup.datasets.preprocess import gray_rgb
+
 NORMALIZATIONS = ("tile", "image", "none")
 # Standardised tiles are mapped back into the [0, 1] input convention of the backbones (they
 # rescale [0, 1] → [-1, 1] themselves) at this mean and standard deviation, so the encoder and
@@ -26,8 +28,6 @@ NORMALIZATIONS = ("tile", "image", "none")
 NORMALIZED_MEAN = 0.5
 NORMALIZED_STD = 0.25
 NORMALIZATION_EPSILON = 1e-3
-# ITU-R BT.601 luma, the weights of tf.image.rgb_to_grayscale.
-LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Doersch et al. 2015 §4: dropped colour channels become Gaussian noise with a standard
 # deviation of about 1/100 of the remaining channel's.
 COLOR_DROP_NOISE_RATIO = 0.01
@@ -148,12 +148,6 @@ def _per_leading_mask(x: tf.Tensor, probability: float, seed: tf.Tensor,
                                                       tf.int32)], 0))
 
 
-def grayscale(images: tf.Tensor) -> tf.Tensor:
-    """RGB → RGB with all three channels set to the luma (ITU-R BT.601 weights)."""
-    luma = tf.reduce_sum(images * tf.constant(LUMA_WEIGHTS, images.dtype), -1, keepdims=True)
-    return tf.broadcast_to(luma, tf.shape(images))
-
-
 def random_grayscale(images: tf.Tensor, probability: float, seed: tf.Tensor,
                      leading_dims: int = 1) -> tf.Tensor:
     """Turns each element of the leading dims (an image, or a patch) gray with ``probability``.
@@ -164,7 +158,7 @@ def random_grayscale(images: tf.Tensor, probability: float, seed: tf.Tensor,
     if probability <= 0.0:
         return images
     mask = _per_leading_mask(images, probability, seed, leading_dims)
-    return tf.where(mask, grayscale(images), images)
+    return tf.where(mask, gray_rgb(images), images)
 
 
 def drop_color_channels(patches: tf.Tensor, seed: tf.Tensor,

@@ -46,3 +46,13 @@ def resize_square(image: tf.Tensor, image_size: int) -> tf.Tensor:
     resized = tf.image.resize(image, new_size, antialias=True)
     cropped = tf.image.resize_with_crop_or_pad(resized, image_size, image_size)
     return tf.cast(tf.clip_by_value(tf.round(cropped), 0.0, 255.0), tf.uint8)
+
+
+# ITU-R BT.601 luma, the weights of tf.image.rgb_to_grayscale.
+LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+def gray_rgb(images: tf.Tensor) -> tf.Tensor:
+    """RGB ``[..., 3]`` → RGB with all three channels set to the luma (any leading dims)."""
+    luma = tf.reduce_sum(images * tf.constant(LUMA_WEIGHTS, images.dtype), -1, keepdims=True)
+    return tf.broadcast_to(luma, tf.shape(images))

@@ -42,13 +42,13 @@ from selfsup.datasets.patches import (
     crop_patches,
     drop_color_channels,
     fit_to_side,
-    grayscale,
     grid_tile_corners,
     grid_tiles,
     normalize_patches,
     split_seed,
     with_batch_seeds,
 )
+from selfsup.datasets.preprocess import gray_rgb
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, Task, TaskConfig
 from selfsup.tasks.patch_model import PatchSetModel, build_checked
@@ -120,7 +120,7 @@ def _augment(patches: tf.Tensor, seed: tf.Tensor, normalization: str,
     if color_augmentation == "drop":
         patches = drop_color_channels(patches, seed)
     elif color_augmentation == "grayscale":
-        patches = grayscale(patches)
+        patches = gray_rgb(patches)
     return normalize_patches(patches, normalization)
 
 

@@ -171,8 +171,9 @@ class Trainer:
         step = start_step
         while step < config.train_steps:
             if epoch_steps and (iterator is None or step % epoch_steps == 0):
+                paused = time.perf_counter()
                 iterator = self._begin_epoch(step, epoch_steps, writer)
-                window_start = time.perf_counter()
+                window_start += time.perf_counter() - paused  # steps/s counts training only
             logs = self._step_fn(iterator)
             step += 1
             if step % config.log_every == 0 or step == config.train_steps:

@@ -161,3 +161,47 @@ def assert_encoder_restores(model_dir: Path, trainer, task_name: str):
     for key, variable in restored.items():
         np.testing.assert_array_equal(variable.numpy(), trained[key].numpy(), err_msg=key)
     return encoder
+
+
+def losses_on_one_batch(task, steps: int = 12, learning_rate: float = 0.05) -> list[float]:
+    """Losses of ``steps`` SGD (momentum 0.9) steps of ``task`` on its first input batch:
+    if gradients reach the model, they fall."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = task.build_model()
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
+    metrics = task.build_metrics()
+    step = tf.function(lambda batch: task.train_step(batch, model, optimizer, metrics))
+    batch = next(iter(task.build_inputs()))
+    return [float(step(batch)["loss"]) for _ in range(steps)]
+
+
+def train_on_replicas_and_restore(task_name: str, task_config, model_dir: Path, strategy):
+    """Two ``run_training`` steps under ``strategy``; checks ``restore_encoder`` gives the
+    checkpoint's stem kernel and returns the restored encoder."""
+    from selfsup.tasks.checkpoints import restore_encoder
+    from selfsup.tasks.trainer import TrainerConfig
+    from selfsup.tasks.training import run_training
+
+    trainer = TrainerConfig(model_dir=str(model_dir), train_steps=2, log_every=1,
+                            checkpoint_every=2, learning_rate=0.05)
+    logs = run_training(task_name, task_config, trainer, strategy)
+    assert np.isfinite(logs["loss"])
+    encoder, run_config = restore_encoder(model_dir)
+    assert run_config["task"] == task_name
+    saved = checkpoint_tensors(tf.train.latest_checkpoint(str(model_dir)))
+    kernel = next(v for v in encoder.variables if v.path.endswith("stem_conv/kernel"))
+    np.testing.assert_array_equal(
+        kernel.numpy(), saved["model/backbone.Sstem_conv.Skernel/.ATTRIBUTES/VARIABLE_VALUE"])
+    return encoder
+
+
+def assert_export_reproduces(encoder, export_dir: Path, name: str, images: np.ndarray) -> None:
+    """The exported SavedModel of ``encoder`` returns its ``pool`` features for ``images``."""
+    from selfsup.export import export_encoder
+
+    expected = encoder(images, training=False)["pool"].numpy()
+    path = export_encoder(encoder, export_dir, name, image_size=images.shape[1], metadata={})
+    loaded = tf.saved_model.load(str(path))
+    np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), expected, atol=1e-5)

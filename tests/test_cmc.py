@@ -8,13 +8,13 @@ import tensorflow as tf
 
 from helpers import (
     assert_encoder_restores,
+    assert_export_reproduces,
     assert_two_replicas_match_one_device,
     initial_weights,
     pretrain_and_probe,
     train_in_process,
 )
 from selfsup.datasets.color import lab_to_rgb, rgb_to_lab
-from selfsup.export.saved_model import export_encoder
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
@@ -123,10 +123,7 @@ def test_each_view_network_sees_only_its_view():
 def test_encoder_exports_as_a_hub_feature_vector(tmp_path):
     encoder = CMCTask(CMCConfig(backbone_kwargs=TINY)).build_backbone()
     images = np.random.default_rng(5).uniform(size=(3, 28, 28, 3)).astype(np.float32)
-    expected = encoder(images, training=False)["pool"].numpy()
-    path = export_encoder(encoder, tmp_path, "cmc", image_size=28, metadata={})
-    loaded = tf.saved_model.load(str(path))
-    np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), expected, atol=1e-5)
+    assert_export_reproduces(encoder, tmp_path, "cmc", images)
 
 
 def test_views_are_half_width_where_the_backbone_allows_it():

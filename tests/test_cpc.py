@@ -8,12 +8,12 @@ import tensorflow as tf
 
 from helpers import (
     assert_encoder_restores,
+    assert_export_reproduces,
     assert_two_replicas_match_one_device,
     initial_weights,
     pretrain_and_probe,
     train_in_process,
 )
-from selfsup.export.saved_model import export_encoder
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
 from selfsup.tasks.cpc import (
@@ -167,10 +167,7 @@ def test_encoder_averages_the_patch_vectors_of_the_training_grid():
 def test_encoder_exports_as_a_hub_feature_vector(tmp_path):
     encoder = CPCTask(CPCConfig(backbone_kwargs=TINY)).build_backbone()
     images = np.random.default_rng(8).uniform(size=(3, 28, 28, 3)).astype(np.float32)
-    expected = encoder(images, training=False)["pool"].numpy()
-    path = export_encoder(encoder, tmp_path, "cpc", image_size=28, metadata={})
-    loaded = tf.saved_model.load(str(path))
-    np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), expected, atol=1e-5)
+    assert_export_reproduces(encoder, tmp_path, "cpc", images)
 
 
 def test_bad_settings_are_config_errors():

@@ -1,19 +1,15 @@
 """Jigsaw puzzles: tile geometry from pixel coordinates, the permutation convention, training."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import checkpoint_tensors, pretrain_and_probe
+from helpers import losses_on_one_batch, pretrain_and_probe, train_on_replicas_and_restore
 from selfsup.datasets.patches import TileGrid, grid_tiles, normalize_patches, random_grayscale
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
-from selfsup.tasks.checkpoints import restore_encoder
 from selfsup.tasks.jigsaw import JigsawConfig, jigsaw_grid, make_puzzles
 from selfsup.tasks.permutations import generate_permutation_set
-from selfsup.tasks.trainer import TrainerConfig
-from selfsup.tasks.training import run_training
 
 
 @pytest.fixture(autouse=True)
@@ -172,34 +168,16 @@ def test_default_and_alexnet_backbones_take_the_tiles():
 
 
 def test_loss_goes_down_on_fashion_mnist_puzzles():
-    keras.utils.set_random_seed(0)
     task = task_class("jigsaw")(JigsawConfig(global_batch_size=16, synchronized_bn=False))
-    model = task.build_model()
-    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-    metrics = task.build_metrics()
-    step = tf.function(lambda batch: task.train_step(batch, model, optimizer, metrics))
-    batch = next(iter(task.build_inputs()))
-    losses = [float(step(batch)["loss"]) for _ in range(12)]
+    losses = losses_on_one_batch(task)
     assert abs(losses[0] - np.log(100)) < 1.0  # starts near chance
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_two_replicas_train_through_the_trainer_and_restore_the_encoder(
         tmp_path, two_replica_strategy):
-    config = JigsawConfig(global_batch_size=8)
-    trainer = TrainerConfig(model_dir=str(tmp_path / "run"), train_steps=2, log_every=1,
-                            checkpoint_every=2, learning_rate=0.05)
-    logs = run_training("jigsaw", config, trainer, two_replica_strategy)
-    assert np.isfinite(logs["loss"])
-    encoder, run_config = restore_encoder(tmp_path / "run")
-    assert run_config["task"] == "jigsaw"
-    saved = checkpoint_tensors(tf.train.latest_checkpoint(str(tmp_path / "run")))
-    kernel = next(v for v in encoder.variables if v.path.endswith("stem_conv/kernel"))
-    np.testing.assert_array_equal(
-        kernel.numpy(),
-        saved["model/backbone.Sstem_conv.Skernel/.ATTRIBUTES/VARIABLE_VALUE"])
-    features = encoder(tf.zeros([2, 28, 28, 3]), training=False)["pool"]
-    assert features.shape == (2, 64)
+    train_on_replicas_and_restore("jigsaw", JigsawConfig(global_batch_size=8), tmp_path / "run",
+                                  two_replica_strategy)
 
 
 @pytest.mark.slow

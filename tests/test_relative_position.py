@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import checkpoint_tensors, pretrain_and_probe
+from helpers import losses_on_one_batch, pretrain_and_probe, train_on_replicas_and_restore
 from selfsup.datasets.patches import TileGrid, drop_color_channels
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
-from selfsup.tasks.checkpoints import restore_encoder
 from selfsup.tasks.patch_model import PatchSetModel
 from selfsup.tasks.relative_position import (
     NEIGHBOUR_OFFSETS,
@@ -19,8 +18,6 @@ from selfsup.tasks.relative_position import (
     make_patch_pairs,
     relative_position_grid,
 )
-from selfsup.tasks.trainer import TrainerConfig
-from selfsup.tasks.training import run_training
 
 # Hand-worked (row, col) step of the neighbour from the centre for labels 0..7.
 OFFSETS = {0: (-1, -1), 1: (-1, 0), 2: (-1, 1), 3: (0, -1), 4: (0, 1), 5: (1, -1), 6: (1, 0),
@@ -166,32 +163,18 @@ def test_config_errors():
 
 
 def test_loss_goes_down_on_fashion_mnist_pairs():
-    keras.utils.set_random_seed(0)
     task = task_class("relative_position")(RelativePositionConfig(global_batch_size=32,
                                                                   synchronized_bn=False))
-    model = task.build_model()
-    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-    metrics = task.build_metrics()
-    step = tf.function(lambda batch: task.train_step(batch, model, optimizer, metrics))
-    batch = next(iter(task.build_inputs()))
-    losses = [float(step(batch)["loss"]) for _ in range(12)]
+    losses = losses_on_one_batch(task)
     assert abs(losses[0] - np.log(8)) < 1.0  # starts near chance
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_two_replicas_train_through_the_trainer_and_restore_the_encoder(
         tmp_path, two_replica_strategy):
-    config = RelativePositionConfig(global_batch_size=8)
-    trainer = TrainerConfig(model_dir=str(tmp_path / "run"), train_steps=2, log_every=1,
-                            checkpoint_every=2, learning_rate=0.05)
-    logs = run_training("relative_position", config, trainer, two_replica_strategy)
-    assert np.isfinite(logs["loss"])
-    encoder, run_config = restore_encoder(tmp_path / "run")
-    assert run_config["task"] == "relative_position"
-    saved = checkpoint_tensors(tf.train.latest_checkpoint(str(tmp_path / "run")))
-    kernel = next(v for v in encoder.variables if v.path.endswith("stem_conv/kernel"))
-    np.testing.assert_array_equal(
-        kernel.numpy(), saved["model/backbone.Sstem_conv.Skernel/.ATTRIBUTES/VARIABLE_VALUE"])
+    encoder = train_on_replicas_and_restore(
+        "relative_position", RelativePositionConfig(global_batch_size=8), tmp_path / "run",
+        two_replica_strategy)
     assert encoder(tf.zeros([2, 28, 28, 3]), training=False)["pool"].shape == (2, 64)
 
 

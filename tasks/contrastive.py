@@ -17,6 +17,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from selfsup.tasks.distributed import gather_from_replicas
+from selfsup.tasks.info_nce import info_nce
 
 # SimCLR's CIFAR-10 temperature (official repo; the paper's ImageNet runs use 0.1).
 DEFAULT_TEMPERATURE = 0.5
@@ -41,5 +42,4 @@ def nt_xent(view_a: tf.Tensor, view_b: tf.Tensor,
     own_index = tf.concat([rows, rows + total], axis=0)             # each anchor itself
     positive_index = tf.concat([rows + total, rows], axis=0)        # its other view
     logits += _MASKED_LOGIT * tf.one_hot(own_index, 2 * total)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_index, logits=logits)
-    return tf.reduce_mean(losses)
+    return info_nce(logits, positive_index)

@@ -52,9 +52,13 @@ def test_two_replicas_match_one_device(tmp_path, two_replica_strategy):
     moved = max(float(np.abs(one[k] - initial[k]).max()) for k in one if "kernel" in k)
     assert moved > 1e-3
 
+    # One float32 step: rounding differences of ~1e-7 (the per-replica convolutions run on
+    # half the batch, which oneDNN may block differently) pass through BatchNorm into the
+    # gradients. Largest difference seen: under 1e-5 on the machines of 2026-11-25, 4.3e-5 (a
+    # res3 kernel) on an AMD EPYC on 2026-11-30; a step moves weights by ~1e-3.
     two, one = _mirrored_and_one_device(tmp_path / "f32", mirrored, steps=1)
     for name in one:
-        np.testing.assert_allclose(two[name], one[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(two[name], one[name], atol=1e-4, err_msg=name)
 
 
 def _train_cli(model_dir: Path, steps: int) -> subprocess.Popen:

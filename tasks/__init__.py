@@ -7,6 +7,7 @@ from selfsup.tasks import (
     deepcluster,  # noqa: F401  (registers "deepcluster")
     jigsaw,  # noqa: F401  (registers "jigsaw")
     moco,  # noqa: F401  (registers "moco")
+    multitask,  # noqa: F401  (registers "multitask")
     relative_position,  # noqa: F401  (registers "relative_position")
     rotnet,  # noqa: F401  (registers "rotnet")
     simclr,  # noqa: F401  (registers "simclr")

@@ -21,6 +21,8 @@ from selfsup.models import FEATURE_ENDPOINT, build_backbone
 from selfsup.models.registry import ConfigError, Registry
 
 BACKBONE_NAME = "backbone"
+# The config field of tasks made of sub-tasks that holds "<subtask>.<name>=<value>" options.
+SUBTASK_PARAMS = "subtask_params"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +66,32 @@ class PretextModel(keras.Model):
         return endpoints
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerGroup:
+    """Variables that one optimizer updates, and how its settings differ from the run's.
+
+    ``beta_1``: the first-moment decay of Adam-family optimizers (DCGAN's 0.5; None keeps the
+    optimizer's default). ``learning_rate_scale`` multiplies the run's learning rate.
+    """
+
+    variables: list
+    learning_rate_scale: float = 1.0
+    beta_1: float | None = None
+
+
 class Task(abc.ABC):
     """Base class of pretext and downstream tasks (see the module docstring)."""
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    # Whether the task's model can be built around an encoder shared with other tasks
+    # (``multitask``): False for tasks with an encoder of their own shape or several copies of
+    # it (CMC, CPC, MoCo's key encoder), epoch work (DeepCluster) or several optimizers (GANs).
+    shares_backbone: ClassVar[bool] = True
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
         self._source: ImageSource | None = None
+        self._shared_backbone: keras.Model | None = None
 
     @property
     def source(self) -> ImageSource:
@@ -81,7 +101,15 @@ class Task(abc.ABC):
             self._source.check_split(self.config.train_split)
         return self._source
 
+    def share_backbone(self, backbone: keras.Model) -> None:
+        """Makes :meth:`build_backbone` return ``backbone`` (one encoder for several tasks)."""
+        if not self.shares_backbone:
+            raise ConfigError(f"{type(self).__name__} cannot share its encoder with other tasks")
+        self._shared_backbone = backbone
+
     def build_backbone(self) -> keras.Model:
+        if self._shared_backbone is not None:
+            return self._shared_backbone
         # The fixed name keeps checkpoint keys ("backbone/...") independent of build order.
         return build_backbone(self.config.backbone, input_size=self.config.image_size,
                               synchronized_bn=self.config.synchronized_bn, name=BACKBONE_NAME,
@@ -99,6 +127,18 @@ class Task(abc.ABC):
     def trainable_variables(self, model: keras.Model) -> list:
         """What the optimizer updates (tasks with momentum copies leave those out)."""
         return model.trainable_variables
+
+    def optimizer_groups(self, model: keras.Model) -> dict[str, OptimizerGroup]:
+        """One optimizer per group (the trainer builds them in this order and checkpoints them
+        all); the first group must be updated exactly once per step: its optimizer's step
+        count is the run's step. Several groups: :meth:`train_step` receives a dict of them."""
+        return {"model": OptimizerGroup(self.trainable_variables(model))}
+
+    def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
+        """Images for people to look at (reconstructions, colourisations, GAN samples):
+        name → float RGB ``[n, h, w, 3]`` in [0, 1]. The trainer writes each as a PNG grid and
+        a TensorBoard image whenever it saves a checkpoint. Default: none."""
+        return {}
 
     def steps_per_epoch(self) -> int | None:
         """Steps between :meth:`begin_epoch` calls; None: the task has no epoch work."""
@@ -165,9 +205,7 @@ class Task(abc.ABC):
                         model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
         """Applies the gradient of ``replica_loss`` (from :func:`scale_replica_loss`) to
         :meth:`trainable_variables`; the strategy sums the replicas' gradients."""
-        variables = self.trainable_variables(model)
-        gradients = tape.gradient(replica_loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        apply_loss_gradients(tape, replica_loss, self.trainable_variables(model), optimizer)
 
     def train_step(self, inputs, model: keras.Model, optimizer: keras.optimizers.Optimizer,
                    metrics: list[keras.metrics.Metric]) -> dict[str, tf.Tensor]:
@@ -193,6 +231,14 @@ def scale_replica_loss(loss: tf.Tensor, optimizer: keras.optimizers.Optimizer) -
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         scaled = optimizer.scale_loss(scaled)
     return scaled
+
+
+def apply_loss_gradients(tape: tf.GradientTape, replica_loss: tf.Tensor, variables: list,
+                         optimizer: keras.optimizers.Optimizer) -> None:
+    """One update of ``variables`` by ``optimizer`` along the gradient of ``replica_loss``
+    (from :func:`scale_replica_loss`, taken on ``tape``)."""
+    gradients = tape.gradient(replica_loss, variables)
+    optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
 
 TASKS: Registry[type[Task]] = Registry("task")
@@ -234,6 +280,10 @@ def parse_task_params(config_class: type[TaskConfig], params: list[str]) -> dict
         name, separator, text = item.partition("=")
         if not separator:
             raise ConfigError(f"task parameter {item!r} is not of the form name=value")
+        if "." in name and SUBTASK_PARAMS in own:
+            # "<subtask>.<name>=<value>": an option of a multitask's sub-task.
+            overrides[SUBTASK_PARAMS] = (*overrides.get(SUBTASK_PARAMS, ()), item)
+            continue
         if name not in own:
             valid = ", ".join(own) if own else "none"
             raise ConfigError(f"unknown task parameter {name!r}; valid: {valid}")

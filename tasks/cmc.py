@@ -193,6 +193,8 @@ class CMCModel(keras.Model):
 class CMCTask(Task):
     """Contrastive Multiview Coding (Tian et al. 2019) on the L and ab views."""
 
+    shares_backbone = False  # two view encoders of its own
+
     config_class = CMCConfig
 
     def build_backbone(self) -> SplitColorEncoder:

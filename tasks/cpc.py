@@ -291,6 +291,8 @@ class CPCModel(keras.Model):
 class CPCTask(Task):
     """Contrastive Predictive Coding on image patches (van den Oord 2018; Hénaff et al. 2019)."""
 
+    shares_backbone = False  # a patch-grid encoder of its own
+
     config_class = CPCConfig
 
     def build_backbone(self) -> PatchGridEncoder:

@@ -161,6 +161,8 @@ class DeepClusterTask(Task):
     its first epoch logs no ``nmi_previous`` (assignments are not checkpointed).
     """
 
+    shares_backbone = False  # re-clusters between epochs
+
     config_class = DeepClusterConfig
 
     def __init__(self, config: DeepClusterConfig) -> None:

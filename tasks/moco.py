@@ -217,6 +217,8 @@ class MoCoConfig(TaskConfig):
 class MoCoTask(Task):
     """MoCo v1/v2 pretext task (He et al. 2020; Chen et al. 2020): momentum contrast."""
 
+    shares_backbone = False  # a key encoder, a queue and a train_step of its own
+
     config_class = MoCoConfig
     config: MoCoConfig
 

@@ -27,23 +27,26 @@ def make_schedule(name: str, learning_rate: float, train_steps: int, warmup_step
 
 
 def make_optimizer(name: str, learning_rate, weight_decay: float = 0.0,
-                   loss_scale: bool = False) -> keras.optimizers.Optimizer:
+                   loss_scale: bool = False, beta_1: float | None = None,
+                   ) -> keras.optimizers.Optimizer:
     """A Keras 3 optimizer; ``weight_decay`` is decoupled (multiplied by the learning rate).
 
-    ``loss_scale`` wraps it in a LossScaleOptimizer for float16 mixed precision.
+    ``loss_scale`` wraps it in a LossScaleOptimizer for float16 mixed precision. ``beta_1``
+    sets the first-moment decay of the Adam family (ignored by SGD).
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
     decay = weight_decay or None
+    moments = {} if beta_1 is None else {"beta_1": beta_1}
     if name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate, momentum=SGD_MOMENTUM, nesterov=True,
                                          weight_decay=decay)
     elif name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=decay)
+        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=decay, **moments)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **moments)
     else:
-        optimizer = keras.optimizers.Lamb(learning_rate, weight_decay=decay)
+        optimizer = keras.optimizers.Lamb(learning_rate, weight_decay=decay, **moments)
     if loss_scale:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -22,6 +22,10 @@ flags.DEFINE_string("task", "rotnet", "Registered task name (e.g. rotnet).")
 flags.DEFINE_multi_string("task_param", [],
                           "name=value of a task-specific setting (repeatable), e.g. "
                           "--task_param=temperature=0.2; an unknown name lists the valid ones.")
+flags.DEFINE_list("subtasks", None, "With --task=multitask: the tasks sharing the encoder, "
+                  "e.g. rotnet,colorization,jigsaw.")
+flags.DEFINE_list("weights", None, "With --task=multitask: one loss weight per sub-task "
+                  "(default: 1 each).")
 flags.DEFINE_string("backbone", "resnet_small", "Registered backbone name.")
 flags.DEFINE_string("dataset", "fashion_mnist",
                     "A tensorflow-datasets name, or image_folder:<root> "
@@ -66,6 +70,7 @@ def main(argv: list[str]) -> None:
         from selfsup.models import BACKBONES
         from selfsup.tasks import task_class
         from selfsup.tasks.base import parse_task_params
+        from selfsup.tasks.multitask import multitask_params
         from selfsup.tasks.strategies import make_strategy
         from selfsup.tasks.trainer import TrainerConfig
         from selfsup.tasks.training import ensure_writable_dir, run_training
@@ -79,6 +84,7 @@ def main(argv: list[str]) -> None:
             checkpoint_every=FLAGS.checkpoint_every)
         cls = task_class(FLAGS.task)
         task_params = parse_task_params(cls.config_class, FLAGS.task_param)
+        task_params.update(multitask_params(FLAGS.task, FLAGS.subtasks, FLAGS.weights))
         BACKBONES.get(FLAGS.backbone)
         ensure_writable_dir(FLAGS.model_dir)
         # TensorFlow requires the strategy before any other op; opening the dataset runs ops.

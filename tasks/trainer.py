@@ -21,8 +21,10 @@ from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import Task
 from selfsup.tasks.checkpoints import model_checkpoint
 from selfsup.tasks.optimization import make_optimizer, make_schedule
+from selfsup.tasks.pictures import image_grid, write_png
 
 MIXED_PRECISION_POLICIES = ("none", "mixed_bfloat16", "mixed_float16")
+SAMPLES_DIR = "samples"  # the tasks' pictures (Task.sample_images), inside the model dir
 
 
 class TrainingError(RuntimeError):
@@ -80,13 +82,24 @@ class Trainer:
         with strategy.scope():
             self.model = task.build_model()
             self.model(task.dummy_inputs(), training=False)
-            schedule = make_schedule(config.lr_schedule, config.learning_rate,
-                                     config.train_steps, config.warmup_steps)
-            self.optimizer = make_optimizer(config.optimizer, schedule, config.weight_decay,
-                                            loss_scale=config.mixed_precision == "mixed_float16")
-            self.optimizer.build(task.trainable_variables(self.model))
+            self.optimizers = {}
+            for name, group in task.optimizer_groups(self.model).items():
+                schedule = make_schedule(config.lr_schedule,
+                                         config.learning_rate * group.learning_rate_scale,
+                                         config.train_steps, config.warmup_steps)
+                optimizer = make_optimizer(
+                    config.optimizer, schedule, config.weight_decay,
+                    loss_scale=config.mixed_precision == "mixed_float16", beta_1=group.beta_1)
+                optimizer.build(group.variables)
+                self.optimizers[name] = optimizer
+            # The first group's optimizer counts the run's steps (Task.optimizer_groups).
+            self.optimizer = next(iter(self.optimizers.values()))
             self.metrics = task.build_metrics()
-        self.checkpoint = model_checkpoint(self.model, optimizer=self.optimizer)
+        # One group: the task's steps get the optimizer itself, and checkpoints keep the layout
+        # of runs before optimizer groups existed. Several: a dict, each checkpointed by name.
+        others = {f"optimizer_{name}": optimizer
+                  for name, optimizer in list(self.optimizers.items())[1:]}
+        self.checkpoint = model_checkpoint(self.model, optimizer=self.optimizer, **others)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
             step_counter=self.optimizer.iterations)
@@ -113,7 +126,8 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def _make_step_fn(self):
-        task, model, optimizer, metrics = self.task, self.model, self.optimizer, self.metrics
+        task, model, metrics = self.task, self.model, self.metrics
+        optimizer = self.optimizer if len(self.optimizers) == 1 else dict(self.optimizers)
 
         @tf.function(jit_compile=self.config.jit_compile)
         def replica_step(inputs):
@@ -150,6 +164,18 @@ class Trainer:
               f"{format_duration(time.perf_counter() - start)}  {shown}".rstrip(),
               file=self.out, flush=True)
         return self._distributed_inputs(step % epoch_steps)
+
+    def _write_samples(self, step: int, writer) -> None:
+        """The task's pictures at ``step``: ``<model_dir>/samples/<name>-<step>.png`` grids
+        and TensorBoard images under ``samples/<name>``."""
+        samples = self.task.sample_images(self.model)
+        with writer.as_default(step=step):
+            for name, images in samples.items():
+                grid = image_grid(images.numpy() if hasattr(images, "numpy") else images)
+                path = write_png(Path(self.config.model_dir) / SAMPLES_DIR
+                                 / f"{name}-{step:06d}.png", grid)
+                tf.summary.image(f"{SAMPLES_DIR}/{name}", grid[None], step=step)
+                print(f"samples {name}: {path}", file=self.out, flush=True)
 
     def train(self) -> dict[str, float]:
         """Runs until ``train_steps``; returns the last logged metrics."""
@@ -201,6 +227,7 @@ class Trainer:
                 window_start, window_step = now, step
             if step % config.checkpoint_every == 0 or step == config.train_steps:
                 self.manager.save(checkpoint_number=step)
+                self._write_samples(step, writer)
         writer.flush()
         elapsed = time.perf_counter() - run_start
         print(f"trained steps {start_step}..{step} in {format_duration(elapsed)}; "

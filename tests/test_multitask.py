@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_encoder_restores, run_cli, train_in_process
+from helpers import assert_encoder_restores, pretrain_and_probe, run_cli, train_in_process
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
@@ -118,3 +118,17 @@ def test_subtask_flags_are_checked_before_training(tmp_path):
     assert result.returncode == 2
     assert "task 'moco' cannot share its encoder in multitask" in result.stderr
     assert len(result.stderr.strip().splitlines()[-1]) < 300
+
+
+@pytest.mark.slow
+def test_short_multitask_pretrain_beats_random_init_in_the_linear_probe(tmp_path):
+    """RotNet + relative position on one encoder, 300 SGD steps at batch 64 (each sub-task
+    gets its own batch of 64 images), then the per-layer probe of the trained and the
+    random-init encoder. Measured 2026-11-30 (on a loaded 2-core machine, 10.5 min): best layer
+    86.22 % vs 84.09 % random init; the 1-point margin is over 3× the random encoder's seed
+    spread and under half the gain."""
+    results = pretrain_and_probe("multitask", tmp_path, train_steps=300, batch_size=64,
+                                 learning_rate=0.1,
+                                 task_params={"subtasks": ("rotnet", "relative_position")})
+    print("multitask probe", results["best"], results["losses"])
+    assert results["best"]["trained"] > results["best"]["random_init"] + 1.0, results["best"]

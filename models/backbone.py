@@ -41,7 +41,14 @@ class Backbone(keras.Model):
     _config: dict
 
     def output_specs(self, input_shape: tuple) -> dict[str, tuple]:
-        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3])."""
+        """Endpoint name → output shape for images of ``input_shape`` ([batch, h, w, 3]).
+
+        An unbuilt backbone is first built by a real call on one image: a symbolic call would
+        create its variables without the backbone's own name in their paths (``stem_conv/...``
+        instead of ``backbone/stem_conv/...``), and those paths are the checkpoint keys.
+        """
+        if not self.built:
+            self(keras.ops.zeros((1, *input_shape[1:])), training=False)
         specs = self.compute_output_spec(keras.KerasTensor(input_shape))
         return {name: tuple(spec.shape) for name, spec in specs.items()}
 

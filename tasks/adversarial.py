@@ -80,7 +80,8 @@ class AdversarialTask(Task):
 
     config_class = AdversarialConfig
     config: AdversarialConfig
-    # Two optimizers and a step of its own: it cannot be a multitask sub-task.
+    # Two optimizers and a step of its own: not a multitask sub-task (a subclass that can
+    # run without its discriminator may set True; see can_share_backbone).
     shares_backbone = False
 
     @abc.abstractmethod
@@ -105,9 +106,13 @@ class AdversarialTask(Task):
         """False: no adversarial term; the task trains the generator's loss alone."""
         return True
 
+    def can_share_backbone(self) -> bool:
+        """Only without a discriminator: the two-player step needs optimizers of its own."""
+        return self.shares_backbone and not self.uses_discriminator()
+
     def log_names(self) -> tuple[str, ...]:
-        names = ("loss", "g_loss")
-        return (*names, "d_loss") if self.uses_discriminator() else names
+        # Without a discriminator the generator's loss is the loss.
+        return ("loss", "g_loss", "d_loss") if self.uses_discriminator() else ("loss",)
 
     def trainable_variables(self, model: keras.Model) -> list:
         return self.generator_variables(model)
@@ -133,7 +138,7 @@ class AdversarialTask(Task):
     def compute_loss(self, inputs, model: keras.Model, training: bool):
         """The generator's loss alone (the step of a task without a discriminator)."""
         loss, logs = self.generator_loss(inputs, model, training)
-        return loss, None, {"g_loss": loss, **logs}
+        return loss, None, logs
 
     def train_step(self, inputs, model: keras.Model, optimizer, metrics):
         """One discriminator update, then one generator update (``optimizer``: the dict of

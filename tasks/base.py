@@ -83,9 +83,11 @@ class Task(abc.ABC):
     """Base class of pretext and downstream tasks (see the module docstring)."""
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
-    # Whether the task's model can be built around an encoder shared with other tasks
-    # (``multitask``): False for tasks with an encoder of their own shape or several copies of
-    # it (CMC, CPC, MoCo's key encoder), epoch work (DeepCluster) or several optimizers (GANs).
+    # Whether the task's model can be built around an encoder shared with other tasks and be
+    # trained by the shared step (``multitask``): False for tasks with an encoder of their own
+    # shape or a second copy of it (CMC, CPC, MoCo's key encoder), a step of their own (MoCo),
+    # epoch work (DeepCluster) or several optimizers (GANs). An instance may refuse where its
+    # class can (:meth:`can_share_backbone`).
     shares_backbone: ClassVar[bool] = True
 
     def __init__(self, config: TaskConfig) -> None:
@@ -101,9 +103,14 @@ class Task(abc.ABC):
             self._source.check_split(self.config.train_split)
         return self._source
 
+    def can_share_backbone(self) -> bool:
+        """Whether this task, with its config, can be a multitask sub-task (see
+        ``shares_backbone``)."""
+        return self.shares_backbone
+
     def share_backbone(self, backbone: keras.Model) -> None:
         """Makes :meth:`build_backbone` return ``backbone`` (one encoder for several tasks)."""
-        if not self.shares_backbone:
+        if not self.can_share_backbone():
             raise ConfigError(f"{type(self).__name__} cannot share its encoder with other tasks")
         self._shared_backbone = backbone
 

@@ -8,9 +8,10 @@ paper's naive combination, which it found as good as its lasso-weighted one for 
 
 ``--task=multitask --subtasks=rotnet,jigsaw --weights=1,0.5``; a sub-task's own option is
 ``--task_param=<subtask>.<name>=<value>`` (e.g. ``jigsaw.num_permutations=100``). Sub-tasks
-whose encoder is not one registry backbone (CMC, CPC), that keep a second encoder or their own
-step (MoCo, GANs) or work between epochs (DeepCluster) cannot share the encoder and are refused
-with the list of those that can.
+whose encoder is not one registry backbone (CMC, CPC, split-brain), that keep a second encoder
+or their own step (MoCo, the adversarial tasks) or work between epochs (DeepCluster) cannot
+share the encoder (``Task.shares_backbone`` / ``can_share_backbone``) and are refused with the
+list of those that can.
 """
 
 from __future__ import annotations
@@ -27,16 +28,9 @@ MULTITASK = "multitask"
 
 
 def shareable_task_names() -> list[str]:
-    """Registered tasks that can share an encoder inside ``multitask``."""
-    return [name for name in TASKS.names() if name != MULTITASK and can_share(task_class(name))]
-
-
-def can_share(cls: type[Task]) -> bool:
-    """Whether a task's model can be built around a shared encoder and trained by the shared
-    step (no step, optimizer groups or epoch work of its own)."""
-    return (cls.shares_backbone and cls.train_step is Task.train_step
-            and cls.optimizer_groups is Task.optimizer_groups
-            and cls.steps_per_epoch is Task.steps_per_epoch)
+    """Registered tasks whose class can share an encoder inside ``multitask``."""
+    return [name for name in TASKS.names()
+            if name != MULTITASK and task_class(name).shares_backbone]
 
 
 def multitask_params(task: str, subtasks: list[str] | None, weights: list[str] | None
@@ -75,15 +69,26 @@ class MultiTaskConfig(TaskConfig):
             raise ConfigError("multitask needs at least one sub-task (--subtasks)")
         if len(set(self.subtasks)) != len(self.subtasks):
             raise ConfigError(f"sub-tasks must be distinct, got {', '.join(self.subtasks)}")
-        for name in self.subtasks:
-            if name == MULTITASK or not can_share(task_class(name)):
-                raise ConfigError(f"task {name!r} cannot share its encoder in multitask; valid "
-                                  f"sub-tasks: {', '.join(shareable_task_names())}")
         if self.weights and len(self.weights) != len(self.subtasks):
             raise ConfigError(f"{len(self.weights)} weights for {len(self.subtasks)} sub-tasks")
         if any(weight < 0 for weight in self.weights) or sum(self.loss_weights()) <= 0:
             raise ConfigError(f"weights must be non-negative and not all 0, got {self.weights}")
-        self.subtask_configs()  # unknown or malformed sub-task options fail here, before work
+        self.subtask_tasks()  # unknown, unshareable or misconfigured sub-tasks fail here
+
+    def subtask_tasks(self) -> list[Task]:
+        """The sub-tasks, each with its config; refuses those that cannot share the encoder."""
+        def refuse(name: str) -> ConfigError:
+            return ConfigError(f"task {name!r} cannot share its encoder in multitask; sub-tasks "
+                               f"that can: {', '.join(shareable_task_names())}")
+
+        if MULTITASK in self.subtasks:
+            raise refuse(MULTITASK)
+        tasks = [task_class(name)(config)
+                 for name, config in zip(self.subtasks, self.subtask_configs(), strict=True)]
+        for name, task in zip(self.subtasks, tasks, strict=True):
+            if not task.can_share_backbone():
+                raise refuse(name)
+        return tasks
 
     def loss_weights(self) -> tuple[float, ...]:
         return self.weights or (1.0,) * len(self.subtasks)
@@ -134,8 +139,7 @@ class MultiTask(Task):
 
     def __init__(self, config: MultiTaskConfig) -> None:
         super().__init__(config)
-        self.subtasks = [task_class(name)(sub_config) for name, sub_config
-                         in zip(config.subtasks, config.subtask_configs(), strict=True)]
+        self.subtasks = config.subtask_tasks()
 
     def build_model(self) -> MultiTaskModel:
         backbone = self.build_backbone()

@@ -3,6 +3,7 @@
 from selfsup.tasks import (
     autoencoder,  # noqa: F401  (registers "autoencoder", "denoising_autoencoder")
     cmc,  # noqa: F401  (registers "cmc")
+    colorization,  # noqa: F401  (registers "colorization", "colorization_regression")
     context_encoder,  # noqa: F401  (registers "context_encoder")
     counting,  # noqa: F401  (registers "counting")
     cpc,  # noqa: F401  (registers "cpc")
@@ -14,6 +15,7 @@ from selfsup.tasks import (
     relative_position,  # noqa: F401  (registers "relative_position")
     rotnet,  # noqa: F401  (registers "rotnet")
     simclr,  # noqa: F401  (registers "simclr")
+    split_brain,  # noqa: F401  (registers "split_brain")
     vae,  # noqa: F401  (registers "vae")
 )
 from selfsup.tasks.base import TASKS, PretextModel, Task, TaskConfig, task_class

@@ -24,9 +24,10 @@ Choices here:
 Grayscale data: the ab view of a gray image is zero, so on Fashion-MNIST the ab encoder sees a
 constant input and CMC has nothing to contrast: measured over 20 SGD steps at batch 32 the loss
 sat at 3.469 against log 32 = 3.466. ``tint_gray_images`` multiplies each gray image by a
-random saturated colour so that the ab view carries the shape (a stand-in for colour data, not
-part of the paper); with it, 300 steps at batch 128 lift the best probed layer from 82.2 %
-(random init of the same half-width pair) to 84.7 % (the slow test in tests/test_cmc.py).
+random saturated colour (``selfsup.datasets.tint``) so that the ab view carries the shape (a
+stand-in for colour data, not part of the paper); with it, 300 steps at batch 128 lift the best
+probed layer from 82.2 % (random init of the same half-width pair) to 84.7 % (the slow test in
+tests/test_cmc.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import keras
 import tensorflow as tf
 
 from selfsup.datasets.color import rgb_to_lab
+from selfsup.datasets.tint import tint_gray_batches
 from selfsup.models import BACKBONES, FEATURE_ENDPOINT, Backbone, build_backbone
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import BACKBONE_NAME, TASKS, Task, TaskConfig
@@ -54,8 +56,6 @@ CMC_VIEW_WIDTH = 0.5
 AB_RANGE = 110.0
 LIGHTNESS_RANGE = 100.0
 VIEW_PREFIXES = ("l", "ab")
-# Saturation range of the random tints of gray images (value 1, hue uniform).
-TINT_SATURATION = (0.5, 1.0)
 
 
 def split_lab_views(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -69,6 +69,35 @@ def split_lab_views(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 def supports_width_multiplier(backbone: str) -> bool:
     """Whether the registered backbone's builder takes a ``width_multiplier``."""
     return "width_multiplier" in inspect.signature(BACKBONES.get(backbone)).parameters
+
+
+def check_view_width(backbone: str, backbone_kwargs: dict, width_multiplier: float | None
+                     ) -> None:
+    """Raises ConfigError unless ``width_multiplier`` (None: automatic) fits the backbone."""
+    if width_multiplier is None:
+        return
+    if width_multiplier <= 0:
+        raise ConfigError(f"width_multiplier must be positive, got {width_multiplier}")
+    if "width_multiplier" in backbone_kwargs:
+        raise ConfigError("width_multiplier is set twice (task parameter and backbone_kwargs)")
+    if width_multiplier != 1.0 and not supports_width_multiplier(backbone):
+        raise ConfigError(f"backbone {backbone!r} has no width_multiplier; "
+                          "use width_multiplier=1.0")
+
+
+def view_backbone_kwargs(backbone: str, backbone_kwargs: dict, width_multiplier: float | None
+                         ) -> dict:
+    """``backbone_kwargs`` plus each view network's width multiplier (None: 0.5 where the
+    backbone has one, the paper's halved views, else full width)."""
+    kwargs = dict(backbone_kwargs)
+    if "width_multiplier" in kwargs:
+        return kwargs
+    width = width_multiplier
+    if width is None:
+        width = CMC_VIEW_WIDTH if supports_width_multiplier(backbone) else 1.0
+    if width != 1.0:
+        kwargs["width_multiplier"] = width
+    return kwargs
 
 
 class SplitColorEncoder(Backbone):
@@ -104,22 +133,6 @@ class SplitColorEncoder(Backbone):
         return endpoints
 
 
-def tint_gray_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Multiplies each gray image (R = G = B) of a batch by a random saturated colour.
-
-    Colour images pass unchanged. ``seed``: a stateless seed ``[2]`` (deterministic per batch).
-    """
-    batch = tf.shape(images)[0]
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    hue = tf.random.stateless_uniform([batch], seeds[0])
-    saturation = tf.random.stateless_uniform([batch], seeds[1], *TINT_SATURATION)
-    colour = tf.image.hsv_to_rgb(tf.stack([hue, saturation, tf.ones_like(hue)], axis=-1))
-    spread = tf.reduce_max(images, axis=-1) - tf.reduce_min(images, axis=-1)
-    gray = tf.reduce_all(tf.equal(spread, 0.0), axis=[1, 2])
-    tint = tf.where(gray[:, None], colour, tf.ones_like(colour))
-    return images * tint[:, None, None, :]
-
-
 def cmc_loss(l_embedding: tf.Tensor, ab_embedding: tf.Tensor,
              temperature: float = CMC_TEMPERATURE) -> tf.Tensor:
     """Mean of InfoNCE L→ab and ab→L on unit-normalised embeddings ``[n, d]`` (paired rows).
@@ -149,28 +162,11 @@ class CMCConfig(TaskConfig):
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         if self.embedding_dim <= 0:
             raise ConfigError(f"embedding_dim must be positive, got {self.embedding_dim}")
-        if self.width_multiplier is not None:
-            if self.width_multiplier <= 0:
-                raise ConfigError(f"width_multiplier must be positive, got "
-                                  f"{self.width_multiplier}")
-            if "width_multiplier" in self.backbone_kwargs:
-                raise ConfigError("width_multiplier is set twice (task parameter and "
-                                  "backbone_kwargs)")
-            if self.width_multiplier != 1.0 and not supports_width_multiplier(self.backbone):
-                raise ConfigError(f"backbone {self.backbone!r} has no width_multiplier; "
-                                  "use width_multiplier=1.0")
+        check_view_width(self.backbone, self.backbone_kwargs, self.width_multiplier)
 
     def view_backbone_kwargs(self) -> dict:
         """``backbone_kwargs`` plus each view's resolved width multiplier."""
-        kwargs = dict(self.backbone_kwargs)
-        if "width_multiplier" in kwargs:
-            return kwargs
-        width = self.width_multiplier
-        if width is None:
-            width = CMC_VIEW_WIDTH if supports_width_multiplier(self.backbone) else 1.0
-        if width != 1.0:
-            kwargs["width_multiplier"] = width
-        return kwargs
+        return view_backbone_kwargs(self.backbone, self.backbone_kwargs, self.width_multiplier)
 
 
 class CMCModel(keras.Model):
@@ -214,12 +210,7 @@ class CMCTask(Task):
         if config.tint_gray_images:
             # Stateless seeds from the batch index: a resumed run (which skips batches)
             # sees the same tints.
-            pipeline = 0 if input_context is None else input_context.input_pipeline_id
-            images = images.enumerate().map(
-                lambda index, batch: tint_gray_images(
-                    batch, tf.stack([tf.constant(config.seed, tf.int64),
-                                     index * 1024 + pipeline])),
-                num_parallel_calls=tf.data.AUTOTUNE)
+            images = tint_gray_batches(images, config.seed, input_context)
         return images.prefetch(tf.data.AUTOTUNE)
 
     def build_losses(self, labels, outputs: dict[str, tf.Tensor]) -> tf.Tensor:

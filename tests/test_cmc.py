@@ -15,6 +15,7 @@ from helpers import (
     train_in_process,
 )
 from selfsup.datasets.color import lab_to_rgb, rgb_to_lab
+from selfsup.datasets.tint import tint_gray_images
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
@@ -24,7 +25,6 @@ from selfsup.tasks.cmc import (
     SplitColorEncoder,
     cmc_loss,
     split_lab_views,
-    tint_gray_images,
 )
 
 # A two-stage, narrow resnet_small: the tests are about the task, not the encoder's capacity.

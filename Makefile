@@ -12,7 +12,7 @@ demo: setup
 # Everything the tests need, then the suite (slow checks excluded: `make test-slow`).
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n 2
 
 test-slow: setup
 	.venv/bin/pytest -q -m slow

@@ -193,14 +193,3 @@ def grid_tiles(images: tf.Tensor, grid: TileGrid, seed: tf.Tensor
     fitted = fit_to_side(images, grid.side, fit_seed)
     corners = grid_tile_corners(tf.shape(images)[0], grid, corner_seed)
     return crop_patches(fitted, corners, grid.tile_size), corners
-
-
-def with_batch_seeds(batches: tf.data.Dataset, seed: int, stream: int = 0) -> tf.data.Dataset:
-    """Pairs every batch with its own stateless seed ``[seed, stream · 2³² + batch index]``.
-
-    ``stream`` separates input pipelines that share ``seed`` (e.g. one per worker); a resumed
-    run that skips consumed batches replays the same seeds.
-    """
-    counter = tf.data.Dataset.counter(start=stream << 32, dtype=tf.int64)
-    return tf.data.Dataset.zip((batches, counter.map(
-        lambda index: tf.stack([tf.constant(seed, tf.int64), index]))))

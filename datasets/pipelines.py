@@ -61,3 +61,16 @@ def training_images(source: ImageSource, split: str, image_size: int, batch_size
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
     return dataset.map(to_float_rgb, num_parallel_calls=AUTOTUNE)
+
+
+def with_batch_seeds(batches: tf.data.Dataset, seed: int, stream: int = 0) -> tf.data.Dataset:
+    """Pairs every batch with its own stateless seed ``[seed, stream · 2³² + batch index]``.
+
+    The one source of per-batch randomness of the pipelines (crops, tiles, noise, masks,
+    tints): ``stream`` separates input pipelines that share ``seed`` (e.g. one per worker;
+    pass the input context's ``input_pipeline_id``), and a resumed run that skips consumed
+    batches replays the same seeds.
+    """
+    counter = tf.data.Dataset.counter(start=stream << 32, dtype=tf.int64)
+    return tf.data.Dataset.zip((batches, counter.map(
+        lambda index: tf.stack([tf.constant(seed, tf.int64), index]))))

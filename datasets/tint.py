@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from selfsup.datasets.pipelines import with_batch_seeds
+
 # Saturation range of the random tints (value 1, hue uniform in [0, 1)).
 TINT_SATURATION = (0.5, 1.0)
-# Seeds of batch i on input pipeline p: (config seed, i · 1024 + p), so replicas differ and a
-# resumed run (which skips the batches already seen) draws the same tints again.
-PIPELINE_STRIDE = 1024
 
 
 def tint_gray_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -42,10 +41,9 @@ def tint_gray_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def tint_gray_batches(batches: tf.data.Dataset, seed: int,
                       input_context: tf.distribute.InputContext | None = None
                       ) -> tf.data.Dataset:
-    """:func:`tint_gray_images` on every batch of ``batches``, seeded by ``seed``, the batch
-    index and the input pipeline (stateless: the same batches get the same tints)."""
-    pipeline = 0 if input_context is None else input_context.input_pipeline_id
-    return batches.enumerate().map(
-        lambda index, batch: tint_gray_images(
-            batch, tf.stack([tf.constant(seed, tf.int64), index * PIPELINE_STRIDE + pipeline])),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    """:func:`tint_gray_images` on every batch of ``batches`` with the batch's own stateless
+    seed (:func:`~selfsup.datasets.pipelines.with_batch_seeds`: the same batches get the same
+    tints, also in a resumed run)."""
+    stream = 0 if input_context is None else input_context.input_pipeline_id
+    return with_batch_seeds(batches, seed, stream).map(tint_gray_images,
+                                                       num_parallel_calls=tf.data.AUTOTUNE)

@@ -9,6 +9,7 @@ from selfsup.tasks import (
     cpc,  # noqa: F401  (registers "cpc")
     deepcluster,  # noqa: F401  (registers "deepcluster")
     edges,  # noqa: F401  (registers "edges")
+    gan,  # noqa: F401  (registers "dcgan", "bigan")
     jigsaw,  # noqa: F401  (registers "jigsaw")
     moco,  # noqa: F401  (registers "moco")
     multitask,  # noqa: F401  (registers "multitask")
@@ -16,6 +17,7 @@ from selfsup.tasks import (
     rotnet,  # noqa: F401  (registers "rotnet")
     simclr,  # noqa: F401  (registers "simclr")
     split_brain,  # noqa: F401  (registers "split_brain")
+    super_resolution,  # noqa: F401  (registers "super_resolution")
     vae,  # noqa: F401  (registers "vae")
 )
 from selfsup.tasks.base import TASKS, PretextModel, Task, TaskConfig, task_class

@@ -46,6 +46,7 @@ from selfsup.models import FEATURE_ENDPOINT
 from selfsup.models.decoders import ImageDecoder
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, Task, TaskConfig
+from selfsup.tasks.pictures import interleave
 
 RECONSTRUCTION_LOSSES = ("mse", "bce")
 CORRUPTIONS = ("masking", "gaussian")
@@ -93,26 +94,6 @@ def gaussian_noise(images: tf.Tensor, seed: tf.Tensor, stddev: float) -> tf.Tens
     """Adds N(0, stddev²) to every value (not clipped)."""
     return images + stddev * tf.random.stateless_normal(tf.shape(images), seed,
                                                         dtype=images.dtype)
-
-
-def batch_seeds(batches: tf.data.Dataset, seed: int, pipeline_id: int, function
-                ) -> tf.data.Dataset:
-    """Maps ``function(batch, batch_seed)`` over a dataset of batches; batch ``i`` gets the
-    stateless seed folded from ``(seed, pipeline_id)`` and ``i`` (reproducible; a resumed run
-    that skips batches skips their seeds)."""
-    base = tf.constant([seed, pipeline_id], tf.int64)
-    return batches.enumerate().map(
-        lambda index, batch: function(batch, tf.random.experimental.stateless_fold_in(base,
-                                                                                      index)),
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def interleave(*groups: tf.Tensor) -> tf.Tensor:
-    """Equal-shaped ``[n, h, w, c]`` batches → ``[k·n, h, w, c]`` with image ``i`` of every
-    group side by side (``a₀, b₀, a₁, b₁, …``); gray maps become gray RGB."""
-    groups = [tf.image.grayscale_to_rgb(g) if g.shape[-1] == 1 else g for g in groups]
-    stacked = tf.stack([tf.cast(g, tf.float32) for g in groups], axis=1)
-    return tf.reshape(stacked, [-1, *stacked.shape[2:]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,10 +181,8 @@ class AutoencoderTask(Task):
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
         """``(encoder input, clean target)`` batches."""
-        pipeline = 0 if input_context is None else input_context.input_pipeline_id
-        batches = batch_seeds(self.training_images(input_context), self.config.seed, pipeline,
-                              lambda images, seed: (self.corrupt(images, seed), images))
-        return batches.prefetch(tf.data.AUTOTUNE)
+        return self.map_training_images(
+            lambda images, seed: (self.corrupt(images, seed), images), input_context)
 
     def build_losses(self, labels: tf.Tensor, outputs: dict[str, tf.Tensor]) -> tf.Tensor:
         """Mean pixel loss over values, pixels and the batch."""

@@ -191,6 +191,18 @@ class Task(abc.ABC):
                                          self.per_replica_batch_size(input_context), config.seed,
                                          input_context)
 
+    def map_training_images(self, function,
+                            input_context: tf.distribute.InputContext | None = None
+                            ) -> tf.data.Dataset:
+        """``function(images, seed)`` over the :meth:`training_images` batches, each with its
+        own stateless seed (:func:`~selfsup.datasets.pipelines.with_batch_seeds`: reproducible,
+        one stream per input pipeline, replayed by a resumed run), prefetched."""
+        stream = 0 if input_context is None else input_context.input_pipeline_id
+        batches = pipelines.with_batch_seeds(self.training_images(input_context),
+                                             self.config.seed, stream)
+        return batches.map(function, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE)
+
     def per_replica_batch_size(self, input_context: tf.distribute.InputContext | None) -> int:
         if input_context is None:
             return self.config.global_batch_size

@@ -77,8 +77,8 @@ from selfsup.models.discriminators import ConvDiscriminator
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import adversarial
 from selfsup.tasks.adversarial import AdversarialConfig, AdversarialTask
-from selfsup.tasks.autoencoder import batch_seeds, interleave
 from selfsup.tasks.base import TASKS, TaskConfig
+from selfsup.tasks.pictures import interleave
 
 MASKS = ("central", "random_block")
 # Official code (train.lua, README's training command): overlapPred = 4 px at fineSize = 128,
@@ -266,10 +266,7 @@ class ContextEncoderTask(AdversarialTask):
                      ) -> tf.data.Dataset:
         """``(masked images, images, holes)`` batches."""
         self.fill_value()  # computed here, outside tf.data's tracing
-        pipeline = 0 if input_context is None else input_context.input_pipeline_id
-        batches = batch_seeds(self.training_images(input_context), self.config.seed, pipeline,
-                              self.mask_images)
-        return batches.prefetch(tf.data.AUTOTUNE)
+        return self.map_training_images(self.mask_images, input_context)
 
     def loss_weights(self, holes: tf.Tensor) -> tf.Tensor:
         """1 on the hole, ``overlap_weight`` on the overlap band around it, 0 elsewhere."""

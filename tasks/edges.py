@@ -36,9 +36,9 @@ from selfsup.tasks.autoencoder import (
     SAMPLE_TRIPLES,
     AutoencoderTask,
     EncoderDecoderModel,
-    interleave,
 )
 from selfsup.tasks.base import TASKS, TaskConfig
+from selfsup.tasks.pictures import interleave
 
 SMOOTHING_SIGMA = 1.0
 

@@ -33,7 +33,6 @@ from selfsup.datasets.patches import (
     normalize_patches,
     random_grayscale,
     split_seed,
-    with_batch_seeds,
 )
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, Task, TaskConfig
@@ -158,16 +157,13 @@ class JigsawTask(Task):
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
         config = self.config
-        images = self.training_images(input_context)
-        stream = input_context.input_pipeline_id if input_context is not None else 0
         table = tf.constant(self.permutations, tf.int32)
 
         def puzzles(batch, seed):
             return make_puzzles(batch, seed, table, self.grid, config.normalization,
                                 config.grayscale_probability)
 
-        return with_batch_seeds(images, config.seed, stream).map(
-            puzzles, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return self.map_training_images(puzzles, input_context)
 
 
 TASKS.register("jigsaw", JigsawTask)

@@ -35,6 +35,15 @@ def image_grid(images, columns: int | None = None, padding: int = GRID_PADDING) 
     return grid
 
 
+def interleave(*groups) -> tf.Tensor:
+    """Equal-shaped ``[n, h, w, c]`` batches → ``[k·n, h, w, c]`` with image ``i`` of every
+    group side by side (``a₀, b₀, a₁, b₁, …``; with k columns per row of a grid, each row shows
+    whole groups); 1-channel maps become gray RGB."""
+    groups = [tf.image.grayscale_to_rgb(g) if g.shape[-1] == 1 else g for g in groups]
+    stacked = tf.stack([tf.cast(g, tf.float32) for g in groups], axis=1)
+    return tf.reshape(stacked, [-1, *stacked.shape[2:]])
+
+
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Writes a uint8 ``[h, w, 3]`` image as PNG atomically (a reader never sees half a file)."""
     path = Path(path)

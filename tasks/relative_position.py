@@ -46,7 +46,6 @@ from selfsup.datasets.patches import (
     grid_tiles,
     normalize_patches,
     split_seed,
-    with_batch_seeds,
 )
 from selfsup.datasets.preprocess import gray_rgb
 from selfsup.models.registry import ConfigError
@@ -184,16 +183,12 @@ class RelativePositionTask(Task):
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
         config = self.config
-        images = self.training_images(input_context)
-        stream = input_context.input_pipeline_id if input_context is not None else 0
-
         make = make_neighbourhoods if config.all_neighbours else make_patch_pairs
 
         def examples(batch, seed):
             return make(batch, seed, self.grid, config.normalization, config.color_augmentation)
 
-        return with_batch_seeds(images, config.seed, stream).map(
-            examples, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return self.map_training_images(examples, input_context)
 
 
 TASKS.register("relative_position", RelativePositionTask)

@@ -41,11 +41,10 @@ from selfsup.tasks.autoencoder import (
     SAMPLE_SEED,
     AutoencoderConfig,
     AutoencoderTask,
-    batch_seeds,
-    interleave,
     pixel_losses,
 )
 from selfsup.tasks.base import TASKS
+from selfsup.tasks.pictures import interleave
 
 LATENT_DIM = 32
 PRIOR_SAMPLES = 16  # a 4 × 4 grid of decoded prior draws
@@ -125,15 +124,13 @@ class VAETask(AutoencoderTask):
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:
         """``(images, ε)`` batches, ε ``[b, latent_dim]`` standard normal."""
-        pipeline = 0 if input_context is None else input_context.input_pipeline_id
         latent_dim = self.config.latent_dim
 
         def with_noise(images, seed):
             noise = tf.random.stateless_normal([tf.shape(images)[0], latent_dim], seed)
             return images, noise
 
-        return batch_seeds(self.training_images(input_context), self.config.seed, pipeline,
-                           with_noise).prefetch(tf.data.AUTOTUNE)
+        return self.map_training_images(with_noise, input_context)
 
     def compute_loss(self, inputs, model: keras.Model, training: bool):
         """Negative ELBO per image, averaged over the batch; the outputs are its two terms."""

@@ -205,3 +205,62 @@ def assert_export_reproduces(encoder, export_dir: Path, name: str, images: np.nd
     path = export_encoder(encoder, export_dir, name, image_size=images.shape[1], metadata={})
     loaded = tf.saved_model.load(str(path))
     np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), expected, atol=1e-5)
+
+
+def logged_metrics(out: str) -> list[dict[str, float]]:
+    """The metrics of the trainer's progress lines (``step i/n  name value ...  lr ...``)."""
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("step "):
+            words = line.split()[2:]
+            rows.append({words[i]: float(words[i + 1]) for i in range(0, words.index("lr"), 2)})
+    return rows
+
+
+class AdversarialStepper:
+    """``task``'s model under ``strategy`` with plain SGD for each optimizer group and one
+    traced :meth:`Task.train_step`; :meth:`run` steps from given weights on a global batch
+    (split along axis 0 between the replicas) with given learning rates per group."""
+
+    def __init__(self, strategy, task, weights: list) -> None:
+        import keras
+
+        self.strategy, self.task = strategy, task
+        with strategy.scope():
+            self.model = task.build_model()
+            self.model(task.dummy_inputs(), training=False)
+            self.optimizers = {}
+            for name, group in task.optimizer_groups(self.model).items():
+                self.optimizers[name] = keras.optimizers.SGD(0.1)
+                self.optimizers[name].build(group.variables)
+            metrics = task.build_metrics()
+        self.weights = weights
+        model, optimizers = self.model, self.optimizers
+
+        @tf.function
+        def step(batch):
+            logs = strategy.run(task.train_step, args=(batch, model, optimizers, metrics))
+            return strategy.reduce("MEAN", logs["loss"], axis=None)
+
+        self._step = step
+
+    def run(self, inputs, learning_rates: dict[str, float]) -> tuple[float, list]:
+        for variable, value in zip(self.model.variables, self.weights, strict=True):
+            variable.assign(value)
+        for name, rate in learning_rates.items():
+            self.optimizers[name].learning_rate = rate
+        per_replica = tf.nest.flatten(inputs)[0].shape[0] // self.strategy.num_replicas_in_sync
+
+        def replica_inputs(context):
+            start = per_replica * context.replica_id_in_sync_group
+            return tf.nest.map_structure(lambda array: array[start:start + per_replica], inputs)
+
+        batch = self.strategy.experimental_distribute_values_from_function(replica_inputs)
+        loss = float(self._step(batch))
+        return loss, [variable.numpy() for variable in self.model.variables]
+
+    def indices(self, group: str) -> list[int]:
+        """Positions in ``model.variables`` of the group's variables."""
+        ids = {id(variable) for variable in self.task.optimizer_groups(self.model)[group]
+               .variables}
+        return [i for i, variable in enumerate(self.model.variables) if id(variable) in ids]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import checkpoint_tensors
+from helpers import AdversarialStepper, checkpoint_tensors
 from selfsup.models.discriminators import ConvDiscriminator
 from selfsup.tasks.adversarial import (
     DISCRIMINATOR,
@@ -109,75 +109,34 @@ def _built(task, seed=1):
     return model
 
 
-def _step_with(task, model, generator_lr: float, discriminator_lr: float):
-    optimizers = {GENERATOR: keras.optimizers.SGD(generator_lr),
-                  DISCRIMINATOR: keras.optimizers.SGD(discriminator_lr)}
-    optimizers[GENERATOR].build(task.generator_variables(model))
-    optimizers[DISCRIMINATOR].build(task.discriminator_variables(model))
-    batch = next(iter(task.build_inputs()))
-    task.train_step(batch, model, optimizers, task.build_metrics())
-    return optimizers
-
-
-def _values(variables):
-    return [variable.numpy().copy() for variable in variables]
-
-
 def test_each_optimizer_moves_only_its_own_player():
     task = toy_task()
-    groups = task.optimizer_groups(_built(task))
+    model = _built(task)
+    groups = task.optimizer_groups(model)
     assert list(groups) == [GENERATOR, DISCRIMINATOR]
     assert groups[GENERATOR].beta_1 == groups[DISCRIMINATOR].beta_1 == 0.5
+    weights = [variable.numpy().copy() for variable in model.variables]
+    stepper = AdversarialStepper(tf.distribute.OneDeviceStrategy("/cpu:0"), task, weights)
+    batch = tuple(part.numpy() for part in next(iter(task.build_inputs())))
     for generator_lr, discriminator_lr in ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):
-        model = _built(task)
-        g_before = _values(task.generator_variables(model))
-        d_before = _values(task.discriminator_variables(model))
-        _step_with(task, model, generator_lr, discriminator_lr)
-        g_after = _values(task.generator_variables(model))
-        d_after = _values(task.discriminator_variables(model))
-        g_moved = [np.abs(a - b).max() for a, b in zip(g_after, g_before, strict=True)]
-        d_moved = [np.abs(a - b).max() for a, b in zip(d_after, d_before, strict=True)]
-        # Every variable of a player with a learning rate moves; the other player's do not.
-        assert (min(g_moved) > 0) == (generator_lr > 0), (generator_lr, g_moved)
-        assert (max(g_moved) == 0) == (generator_lr == 0), (generator_lr, g_moved)
-        assert (min(d_moved) > 0) == (discriminator_lr > 0), (discriminator_lr, d_moved)
-        assert (max(d_moved) == 0) == (discriminator_lr == 0), (discriminator_lr, d_moved)
-
-
-def _one_step(strategy, task, weights, batch):
-    with strategy.scope():
-        model = _built(task)
-        for variable, value in zip(model.variables, weights, strict=True):
-            variable.assign(value)
-        optimizers = {GENERATOR: keras.optimizers.SGD(0.5),
-                      DISCRIMINATOR: keras.optimizers.SGD(0.5)}
-        optimizers[GENERATOR].build(task.generator_variables(model))
-        optimizers[DISCRIMINATOR].build(task.discriminator_variables(model))
-        metrics = task.build_metrics()
-    half = batch[0].shape[0] // strategy.num_replicas_in_sync
-
-    def replica_batch(context):
-        start = half * context.replica_id_in_sync_group
-        return tuple(part[start:start + half] for part in batch)
-
-    @tf.function
-    def step():
-        inputs = strategy.experimental_distribute_values_from_function(replica_batch)
-        logs = strategy.run(task.train_step, args=(inputs, model, optimizers, metrics))
-        return strategy.reduce("MEAN", logs["loss"], axis=None)
-
-    loss = float(step())
-    return loss, [variable.numpy() for variable in model.variables]
+        _, after = stepper.run(batch, {GENERATOR: generator_lr, DISCRIMINATOR: discriminator_lr})
+        for group, rate in ((GENERATOR, generator_lr), (DISCRIMINATOR, discriminator_lr)):
+            moved = [np.abs(after[i] - weights[i]).max() for i in stepper.indices(group)]
+            # Every variable of a player with a learning rate moves; the other player's do not.
+            assert (min(moved) > 0) == (rate > 0), (group, rate, moved)
+            assert (max(moved) == 0) == (rate == 0), (group, rate, moved)
 
 
 def test_two_replicas_match_one_device(two_replica_strategy):
     """Both updates all-reduce: one device and two replicas end a step with the same weights
     (synchronized BatchNorm in the discriminator)."""
     task = toy_task(synchronized_bn=True)
-    weights = _values(_built(task).variables)
+    weights = [variable.numpy().copy() for variable in _built(task).variables]
     batch = tuple(part.numpy() for part in next(iter(task.build_inputs())))
-    one_loss, one = _one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), task, weights, batch)
-    two_loss, two = _one_step(two_replica_strategy, task, weights, batch)
+    rates = {GENERATOR: 0.5, DISCRIMINATOR: 0.5}
+    one_loss, one = AdversarialStepper(tf.distribute.OneDeviceStrategy("/cpu:0"), task,
+                                       weights).run(batch, rates)
+    two_loss, two = AdversarialStepper(two_replica_strategy, task, weights).run(batch, rates)
     assert one_loss == pytest.approx(two_loss, abs=1e-5)
     assert max(np.abs(a - b).max() for a, b in zip(one, weights, strict=True)) > 1e-2
     for a, b in zip(two, one, strict=True):

@@ -41,7 +41,6 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from selfsup.datasets import pipelines
 from selfsup.models import FEATURE_ENDPOINT
 from selfsup.models.decoders import ImageDecoder
 from selfsup.models.registry import ConfigError
@@ -162,7 +161,6 @@ class AutoencoderTask(Task):
 
     def __init__(self, config: TaskConfig) -> None:
         super().__init__(config)
-        self._sample_batch: tf.Tensor | None = None
 
     def build_decoder(self) -> ImageDecoder:
         """The decoder from a feature vector to ``image_size × image_size × 3`` logits."""
@@ -197,17 +195,8 @@ class AutoencoderTask(Task):
         for metric in metrics:
             metric.update_state(loss if metric.name == "loss" else outputs[metric.name])
 
-    def fixed_images(self, count: int) -> tf.Tensor:
-        """The first ``count`` images of the training split in file order (read once)."""
-        if self._sample_batch is None or self._sample_batch.shape[0] != count:
-            dataset = pipelines.image_label_dataset(self.source, self.config.train_split,
-                                                    self.config.image_size)
-            self._sample_batch = next(iter(dataset.map(lambda image, label: image)
-                                           .batch(count).take(1)))
-        return self._sample_batch
-
     def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
-        images = self.fixed_images(SAMPLE_PAIRS)
+        images = self.first_training_images(SAMPLE_PAIRS)
         reconstructions = tf.sigmoid(model(images, training=False)["logits"])
         return {"reconstructions": interleave(images, reconstructions)}
 
@@ -226,7 +215,7 @@ class DenoisingAutoencoderTask(AutoencoderTask):
         return gaussian_noise(images, seed, config.noise_stddev)
 
     def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
-        images = self.fixed_images(SAMPLE_TRIPLES)
+        images = self.first_training_images(SAMPLE_TRIPLES)
         corrupted = self.corrupt(images, tf.constant([self.config.seed, SAMPLE_SEED], tf.int64))
         reconstructions = tf.sigmoid(model(corrupted, training=False)["logits"])
         return {"reconstructions": interleave(tf.clip_by_value(corrupted, 0.0, 1.0),

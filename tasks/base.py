@@ -94,6 +94,7 @@ class Task(abc.ABC):
         self.config = config
         self._source: ImageSource | None = None
         self._shared_backbone: keras.Model | None = None
+        self._first_images: dict[int, tf.Tensor] = {}
 
     @property
     def source(self) -> ImageSource:
@@ -190,6 +191,16 @@ class Task(abc.ABC):
         return pipelines.training_images(self.source, config.train_split, config.image_size,
                                          self.per_replica_batch_size(input_context), config.seed,
                                          input_context)
+
+    def first_training_images(self, count: int) -> tf.Tensor:
+        """The first ``count`` images of the training split in file order, float RGB ``[count,
+        s, s, 3]`` (read once per count): fixed images for :meth:`sample_images`."""
+        if count not in self._first_images:
+            dataset = pipelines.image_label_dataset(self.source, self.config.train_split,
+                                                    self.config.image_size)
+            self._first_images[count] = next(iter(
+                dataset.map(lambda image, label: image).batch(count)))
+        return self._first_images[count]
 
     def map_training_images(self, function,
                             input_context: tf.distribute.InputContext | None = None

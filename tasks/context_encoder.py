@@ -211,7 +211,6 @@ class ContextEncoderTask(AdversarialTask):
     def __init__(self, config: TaskConfig) -> None:
         super().__init__(config)
         self._mean_pixel: tuple[float, ...] | None = None
-        self._sample_batch: tf.Tensor | None = None
 
     def uses_discriminator(self) -> bool:
         return self.config.adversarial_weight > 0
@@ -281,19 +280,10 @@ class ContextEncoderTask(AdversarialTask):
         loss = masked_l2_loss(images, predictions, self.loss_weights(holes))
         return loss, predictions
 
-    def fixed_images(self, count: int) -> tf.Tensor:
-        """The first ``count`` images of the training split in file order (read once)."""
-        if self._sample_batch is None or self._sample_batch.shape[0] != count:
-            dataset = pipelines.image_label_dataset(self.source, self.config.train_split,
-                                                    self.config.image_size)
-            self._sample_batch = next(iter(dataset.map(lambda image, label: image)
-                                           .batch(count).take(1)))
-        return self._sample_batch
-
     def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
         """Triples: encoder input, inpainted image (hole from the prediction), original."""
         seed = tf.constant([self.config.seed, SAMPLE_SEED], tf.int64)
-        masked, images, holes = self.mask_images(self.fixed_images(SAMPLE_TRIPLES), seed)
+        masked, images, holes = self.mask_images(self.first_training_images(SAMPLE_TRIPLES), seed)
         predictions = model(masked, training=False)["inpainting"]
         return {"inpaintings": interleave(masked, inpaint(images, predictions, holes), images)}
 

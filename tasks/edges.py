@@ -113,7 +113,7 @@ class EdgesTask(AutoencoderTask):
         return balanced_edge_loss(labels, outputs["logits"])
 
     def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
-        images = self.fixed_images(SAMPLE_TRIPLES)
+        images = self.first_training_images(SAMPLE_TRIPLES)
         predicted = tf.sigmoid(tf.cast(model(images, training=False)["logits"], tf.float32))
         return {"edges": interleave(images, self.edge_targets(images), predicted)}
 

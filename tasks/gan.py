@@ -48,7 +48,6 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from selfsup.datasets import pipelines
 from selfsup.models import FEATURE_ENDPOINT
 from selfsup.models.decoders import ImageDecoder
 from selfsup.models.discriminators import JointDiscriminator
@@ -139,6 +138,16 @@ class BackboneDiscriminatorModel(keras.Model):
         endpoints = dict(self.backbone(images, training=training))
         return endpoints, self.logit(endpoints[FEATURE_ENDPOINT])
 
+    def discriminator_loss(self, images, generator_inputs, training=None
+                           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """D's loss on real ``images`` against G(``generator_inputs``) (no gradient into G),
+        with the mean probabilities D gives each (``d_real``, ``d_fake``)."""
+        fake_images = tf.stop_gradient(self.generator(generator_inputs, training=training))
+        _, real_logits = self.discriminate(images, training=training)
+        _, fake_logits = self.discriminate(fake_images, training=training)
+        return adversarial.discriminator_loss(real_logits, fake_logits), {
+            "d_real": mean_probability(real_logits), "d_fake": mean_probability(fake_logits)}
+
     def call(self, inputs, training=None):
         images, generator_inputs = inputs
         endpoints, real_logits = self.discriminate(images, training=training)
@@ -195,21 +204,7 @@ class BiGANModel(keras.Model):
                 *self.generator.trainable_variables]
 
 
-class FixedImagesMixin:
-    """The first training images (file order), read once: what sample grids show."""
-
-    _fixed_images: tf.Tensor | None = None
-
-    def fixed_images(self, count: int) -> tf.Tensor:
-        if self._fixed_images is None or self._fixed_images.shape[0] != count:
-            dataset = pipelines.image_label_dataset(self.source, self.config.train_split,
-                                                    self.config.image_size)
-            self._fixed_images = next(iter(dataset.map(lambda image, label: image)
-                                           .batch(count).take(1)))
-        return self._fixed_images
-
-
-class GANTask(FixedImagesMixin, AdversarialTask):
+class GANTask(AdversarialTask):
     """What DCGAN and BiGAN share: (images, z) batches, the fixed z grid and the logs."""
 
     config_class = GANConfig
@@ -265,12 +260,7 @@ class DCGANTask(GANTask):
 
     def discriminator_loss(self, inputs, model: BackboneDiscriminatorModel, training: bool):
         images, latents = inputs
-        fake_images = model.generator(latents, training=training)
-        _, real_logits = model.discriminate(images, training=training)
-        _, fake_logits = model.discriminate(tf.stop_gradient(fake_images), training=training)
-        loss = adversarial.discriminator_loss(real_logits, fake_logits)
-        return loss, {"d_real": mean_probability(real_logits),
-                      "d_fake": mean_probability(fake_logits)}
+        return model.discriminator_loss(images, latents, training=training)
 
     def generator_loss(self, inputs, model: BackboneDiscriminatorModel, training: bool):
         _, latents = inputs
@@ -327,7 +317,7 @@ class BiGANTask(GANTask):
         return bigan_encoder_generator_loss(real_logits, fake_logits), {}
 
     def sample_images(self, model: BiGANModel) -> dict[str, tf.Tensor]:
-        images = self.fixed_images(SAMPLE_PAIRS)
+        images = self.first_training_images(SAMPLE_PAIRS)
         _, encoded = model.encode(images, training=False)
         reconstructions = model.generator(encoded, training=False)
         return {**super().sample_images(model),

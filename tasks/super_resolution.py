@@ -59,7 +59,7 @@ from selfsup.models.registry import ConfigError
 from selfsup.tasks import adversarial
 from selfsup.tasks.adversarial import AdversarialConfig, AdversarialTask
 from selfsup.tasks.base import TASKS
-from selfsup.tasks.gan import BackboneDiscriminatorModel, FixedImagesMixin, mean_probability
+from selfsup.tasks.gan import BackboneDiscriminatorModel
 from selfsup.tasks.pictures import interleave
 
 SRGAN_SCALE = 4  # Ledig et al. 2017, §3.1: downsampling factor r = 4
@@ -123,7 +123,7 @@ class SuperResolutionConfig(AdversarialConfig):
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
 
 
-class SuperResolutionTask(FixedImagesMixin, AdversarialTask):
+class SuperResolutionTask(AdversarialTask):
     """SRGAN (Ledig et al. 2017) with the discriminator's backbone as the transferred encoder."""
 
     config_class = SuperResolutionConfig
@@ -186,12 +186,7 @@ class SuperResolutionTask(FixedImagesMixin, AdversarialTask):
 
     def discriminator_loss(self, inputs, model: BackboneDiscriminatorModel, training: bool):
         images, low_res = inputs
-        outputs = model.generator(low_res, training=training)
-        _, real_logits = model.discriminate(images, training=training)
-        _, fake_logits = model.discriminate(tf.stop_gradient(outputs), training=training)
-        loss = adversarial.discriminator_loss(real_logits, fake_logits)
-        return loss, {"d_real": mean_probability(real_logits),
-                      "d_fake": mean_probability(fake_logits)}
+        return model.discriminator_loss(images, low_res, training=training)
 
     def generator_loss(self, inputs, model: BackboneDiscriminatorModel, training: bool):
         config = self.config
@@ -210,7 +205,7 @@ class SuperResolutionTask(FixedImagesMixin, AdversarialTask):
                       "adversarial_loss": adversarial_loss}
 
     def sample_images(self, model: BackboneDiscriminatorModel) -> dict[str, tf.Tensor]:
-        images = self.fixed_images(SAMPLE_TRIPLES)
+        images = self.first_training_images(SAMPLE_TRIPLES)
         low_res = downscale(images, self.config.scale)
         size = self.config.image_size
         shown = tf.image.resize(low_res, [size, size], method="nearest")

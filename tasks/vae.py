@@ -149,7 +149,7 @@ class VAETask(AutoencoderTask):
                 keras.metrics.Mean("kl")]
 
     def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
-        images = self.fixed_images(SAMPLE_PAIRS)
+        images = self.first_training_images(SAMPLE_PAIRS)
         no_noise = tf.zeros([SAMPLE_PAIRS, self.config.latent_dim])
         reconstructions = tf.sigmoid(model((images, no_noise), training=False)["logits"])
         prior = tf.random.stateless_normal([PRIOR_SAMPLES, self.config.latent_dim],

@@ -172,7 +172,7 @@ def test_sample_images_are_rgb_pairs_in_the_unit_range():
         model, _ = initial_weights(task)
         samples = task.sample_images(model)
         assert {name: images.shape[0] for name, images in samples.items()} == counts
-        fixed = task.fixed_images(counts["reconstructions"] // group).numpy()
+        fixed = task.first_training_images(counts["reconstructions"] // group).numpy()
         for images in samples.values():
             images = np.asarray(images)
             assert images.shape[1:] == (28, 28, 3)

@@ -296,7 +296,7 @@ def test_adversarial_task_updates_both_players_and_checkpoints_both_optimizers(t
     for key, variable in variable_map(model).items():
         np.testing.assert_array_equal(variable.numpy(), trained[key].numpy(), err_msg=key)
     # The generator's loss is (1 − λ) L_rec + λ · mean softplus(−D(inpainted)).
-    batch = task.mask_images(task.fixed_images(8), tf.constant([1, 1], tf.int64))
+    batch = task.mask_images(task.first_training_images(8), tf.constant([1, 1], tf.int64))
     loss, logs = task.generator_loss(batch, model, training=False)
     predictions = model(batch[0], training=False)["inpainting"]
     logits = model.discriminator(inpaint(batch[1], predictions, batch[2]),

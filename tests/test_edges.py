@@ -216,7 +216,7 @@ def test_model_predicts_one_logit_per_pixel_and_samples_are_rgb_triples():
     samples = task.sample_images(model)["edges"].numpy()
     assert samples.shape == (36, 28, 28, 3)
     assert samples.min() >= 0.0 and samples.max() <= 1.0
-    images = task.fixed_images(12)
+    images = task.first_training_images(12)
     np.testing.assert_array_equal(samples[0::3], images.numpy())
     np.testing.assert_array_equal(samples[1::3, ..., :1], edge_maps(images, 0.2, 1.0).numpy())
     # With the full resnet_small the decoder reads the 7 × 7 res4 map.

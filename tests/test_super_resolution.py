@@ -175,7 +175,7 @@ def test_trainer_lowers_the_pixel_loss_writes_triples_and_restores_the_discrimin
     # 12 (input, output, original) triples of 28 px: 6 columns × 6 rows of 30 px cells + 2.
     assert png.shape == (6 * 30 + 2, 6 * 30 + 2, 3)
     cells = png.numpy()[2:, 2:].reshape(6, 30, 6, 30, 3)[:, :28, :, :28].astype(float)
-    original = task.fixed_images(12).numpy()
+    original = task.first_training_images(12).numpy()
     # Column 2 (and 5) hold the originals, column 0 (and 3) the nearest-upsampled input:
     # constant over 4 × 4 blocks.
     np.testing.assert_allclose(cells[0, :, 2], np.round(original[0] * 255), atol=1)

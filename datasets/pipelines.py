@@ -20,16 +20,19 @@ CACHE_MAX_EXAMPLES = 200_000
 
 def raw_image_label_dataset(source: ImageSource, split: str, image_size: int,
                             input_context: tf.distribute.InputContext | None = None,
-                            ) -> tf.data.Dataset:
+                            first: int | None = None) -> tf.data.Dataset:
     """Yields ``(uint8 image [size, size, c], int64 label)`` (label −1 when the set has none).
 
     With an ``input_context`` of several input pipelines each reads its own shard of files.
+    ``first``: only the first examples in file order (read once, so not cached).
     """
     source.check_split(split)
     read_config = None
     if input_context is not None and input_context.num_input_pipelines > 1:
         read_config = tfds.ReadConfig(input_context=input_context)
     dataset = source.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    if first is not None:
+        dataset = dataset.take(first)
 
     def convert(example):
         image = resize_square(example[source.image_key], image_size)
@@ -38,16 +41,17 @@ def raw_image_label_dataset(source: ImageSource, split: str, image_size: int,
         return image, label
 
     dataset = dataset.map(convert, num_parallel_calls=AUTOTUNE)
-    if source.num_examples(split.split("[")[0]) <= CACHE_MAX_EXAMPLES:
+    if first is None and source.num_examples(split.split("[")[0]) <= CACHE_MAX_EXAMPLES:
         dataset = dataset.cache()
     return dataset
 
 
 def image_label_dataset(source: ImageSource, split: str, image_size: int,
                         input_context: tf.distribute.InputContext | None = None,
-                        ) -> tf.data.Dataset:
-    """Yields ``(float32 RGB image in [0, 1], int64 label)``, unbatched, in file order."""
-    dataset = raw_image_label_dataset(source, split, image_size, input_context)
+                        first: int | None = None) -> tf.data.Dataset:
+    """Yields ``(float32 RGB image in [0, 1], int64 label)``, unbatched, in file order
+    (``first``: only the first examples, not cached)."""
+    dataset = raw_image_label_dataset(source, split, image_size, input_context, first)
     return dataset.map(lambda image, label: (to_float_rgb(image), label),
                        num_parallel_calls=AUTOTUNE)
 

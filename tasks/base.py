@@ -145,7 +145,9 @@ class Task(abc.ABC):
     def sample_images(self, model: keras.Model) -> dict[str, tf.Tensor]:
         """Images for people to look at (reconstructions, colourisations, GAN samples):
         name → float RGB ``[n, h, w, 3]`` in [0, 1]. The trainer writes each as a PNG grid and
-        a TensorBoard image whenever it saves a checkpoint. Default: none."""
+        a TensorBoard image whenever it saves a checkpoint, so run the model with
+        ``training=False`` (BatchNorm statistics must not move after the save). Fixed inputs:
+        :meth:`first_training_images`. Default: none."""
         return {}
 
     def steps_per_epoch(self) -> int | None:
@@ -197,7 +199,7 @@ class Task(abc.ABC):
         s, s, 3]`` (read once per count): fixed images for :meth:`sample_images`."""
         if count not in self._first_images:
             dataset = pipelines.image_label_dataset(self.source, self.config.train_split,
-                                                    self.config.image_size)
+                                                    self.config.image_size, first=count)
             self._first_images[count] = next(iter(
                 dataset.map(lambda image, label: image).batch(count)))
         return self._first_images[count]

@@ -223,9 +223,8 @@ class ColorPredictionTask(Task):
         shuffle buffer to fill), tinted as the stream is if ``tint_gray_images``."""
         config = self.config
         images = pipelines.image_label_dataset(self.source, config.train_split,
-                                               config.image_size)
-        batches = images.map(lambda image, label: image).take(count).batch(
-            config.global_batch_size)
+                                               config.image_size, first=count)
+        batches = images.map(lambda image, label: image).batch(config.global_batch_size)
         if config.tint_gray_images:
             batches = tint_gray_batches(batches, config.seed)
         return batches

@@ -237,10 +237,10 @@ class ContextEncoderTask(AdversarialTask):
             return (float(self.config.fill_value),) * 3
         if self._mean_pixel is None:
             dataset = pipelines.image_label_dataset(self.source, self.config.train_split,
-                                                    self.config.image_size)
+                                                    self.config.image_size,
+                                                    first=FILL_MEAN_EXAMPLES)
             total, count = np.zeros(3), 0
-            for batch in dataset.map(lambda image, label: image).take(
-                    FILL_MEAN_EXAMPLES).batch(1000):
+            for batch in dataset.map(lambda image, label: image).batch(1000):
                 pixels = batch.numpy().reshape(-1, 3)
                 total += pixels.sum(axis=0, dtype=np.float64)
                 count += len(pixels)

@@ -264,3 +264,27 @@ class AdversarialStepper:
         ids = {id(variable) for variable in self.task.optimizer_groups(self.model)[group]
                .variables}
         return [i for i, variable in enumerate(self.model.variables) if id(variable) in ids]
+
+    def assert_players_move_alone(self, inputs) -> None:
+        """From :attr:`weights`: with one player's learning rate 0 its weights stay exactly as
+        they were and every weight of the other player moves; with both set, every trainable
+        weight moves. The two players' variables are disjoint and cover the trainable ones.
+        (BatchNorm moving statistics belong to neither optimizer: every forward pass moves
+        them.)"""
+        from selfsup.tasks.adversarial import DISCRIMINATOR, GENERATOR
+
+        model = self.model
+        d_index, g_index = self.indices(DISCRIMINATOR), self.indices(GENERATOR)
+        assert not set(d_index) & set(g_index)
+        trainable = {id(variable) for variable in model.trainable_variables}
+        assert {id(model.variables[i]) for i in d_index + g_index} == trainable
+
+        def moved(after, index):
+            return [np.abs(after[i] - self.weights[i]).max() > 0 for i in index]
+
+        _, after = self.run(inputs, {DISCRIMINATOR: 0.0, GENERATOR: 0.1})
+        assert not any(moved(after, d_index)) and all(moved(after, g_index))
+        _, after = self.run(inputs, {DISCRIMINATOR: 0.1, GENERATOR: 0.0})
+        assert all(moved(after, d_index)) and not any(moved(after, g_index))
+        _, after = self.run(inputs, {DISCRIMINATOR: 0.1, GENERATOR: 0.1})
+        assert all(moved(after, d_index + g_index))

@@ -171,7 +171,7 @@ class Trainer:
         samples = self.task.sample_images(self.model)
         with writer.as_default(step=step):
             for name, images in samples.items():
-                grid = image_grid(images.numpy() if hasattr(images, "numpy") else images)
+                grid = image_grid(images)
                 path = write_png(Path(self.config.model_dir) / SAMPLES_DIR
                                  / f"{name}-{step:06d}.png", grid)
                 tf.summary.image(f"{SAMPLES_DIR}/{name}", grid[None], step=step)

@@ -11,6 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 BIN_DIR = Path(sys.executable).parent
+# The smallest resnet_small (one stage of 8 channels): for tests about a task, not about the
+# encoder's capacity.
+ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
+# Real Fashion-MNIST, a small slice: the shuffle buffer fills in a fraction of a second.
+SUBSET = "train[:1024]"
 
 
 def checkpoint_tensors(checkpoint_path: str) -> dict[str, np.ndarray]:

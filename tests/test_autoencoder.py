@@ -5,6 +5,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    ONE_STAGE,
+    SUBSET,
     assert_encoder_restores,
     assert_export_reproduces,
     assert_two_replicas_match_one_device,
@@ -25,11 +27,7 @@ from selfsup.tasks.autoencoder import (
 )
 from selfsup.tasks.vae import VAEConfig, VAETask, kl_to_standard_normal, reparameterise
 
-# The smallest resnet_small: the tests are about the tasks, not the encoder's capacity.
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 SMALL = dict(backbone_kwargs=ONE_STAGE, decoder_width=8)
-# Real Fashion-MNIST, but a small slice: the shuffle buffer fills in a fraction of a second.
-SUBSET = "train[:1024]"
 
 
 def numpy_sigmoid(x):

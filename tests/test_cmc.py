@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    ONE_STAGE,
     assert_encoder_restores,
     assert_export_reproduces,
     assert_two_replicas_match_one_device,
@@ -29,8 +30,6 @@ from selfsup.tasks.cmc import (
 
 # A two-stage, narrow resnet_small: the tests are about the task, not the encoder's capacity.
 TINY = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stem_width": 8}
-# Smaller still where a step is traced twice (one device and two replicas).
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 
 
 def numpy_cmc_loss(l_view: np.ndarray, ab_view: np.ndarray, temperature: float) -> float:

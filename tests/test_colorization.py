@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    ONE_STAGE,
     assert_encoder_restores,
     assert_export_reproduces,
     assert_two_replicas_match_one_device,
@@ -35,7 +36,6 @@ from selfsup.tasks.colorization import (
 from selfsup.tasks.multitask import MultiTask, MultiTaskConfig
 
 # One narrow stage of resnet_small: the tests are about the task, not the encoder's capacity.
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 
 
 def coloured_and_gray_images(size: int = 8) -> np.ndarray:

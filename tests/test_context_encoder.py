@@ -7,6 +7,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from helpers import (
+    ONE_STAGE,
+    SUBSET,
     assert_encoder_restores,
     assert_export_reproduces,
     assert_two_replicas_match_one_device,
@@ -34,10 +36,7 @@ from selfsup.tasks.context_encoder import (
 from selfsup.tasks.multitask import MultiTaskConfig
 from selfsup.tasks.trainer import Trainer, TrainerConfig
 
-# The smallest resnet_small: the tests are about the task, not the encoder's capacity.
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 SMALL = dict(backbone_kwargs=ONE_STAGE, decoder_width=8, discriminator_width=8)
-SUBSET = "train[:1024]"
 
 
 def numpy_band(holes: np.ndarray, overlap: int) -> np.ndarray:

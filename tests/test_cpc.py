@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    ONE_STAGE,
     assert_encoder_restores,
     assert_export_reproduces,
     assert_two_replicas_match_one_device,
@@ -29,7 +30,6 @@ from selfsup.tasks.cpc import (
 
 # A two-stage, narrow resnet_small: the tests are about the task, not the encoder's capacity.
 TINY = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stem_width": 8}
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 
 
 def numpy_cpc_loss(z: np.ndarray, predictions: dict[int, np.ndarray]) -> float:

@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    ONE_STAGE,
+    SUBSET,
     assert_encoder_restores,
     assert_two_replicas_match_one_device,
     initial_weights,
@@ -24,10 +26,7 @@ from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
 from selfsup.tasks.edges import EdgesConfig, EdgesTask, balanced_edge_loss
 
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 SMALL = dict(backbone_kwargs=ONE_STAGE, decoder_width=8)
-# Real Fashion-MNIST, but a small slice: the shuffle buffer fills in a fraction of a second.
-SUBSET = "train[:1024]"
 SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
 
 

@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    ONE_STAGE,
+    SUBSET,
     AdversarialStepper,
     assert_encoder_restores,
     assert_export_reproduces,
@@ -35,10 +37,7 @@ from selfsup.tasks.gan import (
     sample_latents,
 )
 
-# A one-stage, narrow resnet_small and a narrow generator: the tests are about the game.
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
-# Real Fashion-MNIST images, few of them (the shuffle buffer fills fast).
-SUBSET = "train[:1024]"
+# A narrow generator: the tests are about the game.
 SMALL = dict(image_size=16, backbone_kwargs=ONE_STAGE, generator_width=8, latent_dim=8)
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_encoder_restores, pretrain_and_probe, run_cli, train_in_process
+from helpers import (
+    ONE_STAGE,
+    assert_encoder_restores,
+    pretrain_and_probe,
+    run_cli,
+    train_in_process,
+)
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
 from selfsup.tasks import task_class
@@ -18,7 +24,6 @@ from selfsup.tasks.multitask import (
     shareable_task_names,
 )
 
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 SUBTASKS = ("rotnet", "relative_position")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_encoder_restores, pretrain_and_probe, train_in_process
+from helpers import ONE_STAGE, assert_encoder_restores, pretrain_and_probe, train_in_process
 from selfsup.datasets import color_bins
 from selfsup.datasets.color import lab_to_rgb, rgb_to_lab
 from selfsup.models.backbone import variable_map
@@ -17,8 +17,6 @@ from selfsup.tasks.split_brain import (
     masked_cross_entropy,
     split_brain_targets,
 )
-
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 
 
 def test_targets_are_the_nearest_ab_bin_and_the_l_bin_of_each_block_mean():

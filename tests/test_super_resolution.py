@@ -7,6 +7,8 @@ import tensorflow as tf
 from PIL import Image
 
 from helpers import (
+    ONE_STAGE,
+    SUBSET,
     AdversarialStepper,
     assert_encoder_restores,
     initial_weights,
@@ -25,11 +27,8 @@ from selfsup.tasks.super_resolution import (
     pixel_mse,
 )
 
-ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 TWO_STAGES = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stem_width": 8}
 
-# Real Fashion-MNIST images, few of them (the shuffle buffer fills fast).
-SUBSET = "train[:1024]"
 
 
 def test_pixel_shuffle_matches_a_numpy_loop():

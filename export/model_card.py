@@ -15,6 +15,16 @@ CARD_DIR = "assets.extra"
 JSON_NAME = "model_card.json"
 MARKDOWN_NAME = "model_card.md"
 HUB_TASK = "image-feature-vector"
+HUB_VIDEO_TASK = "video-feature-vector"
+IMAGE_INPUT = {
+    "hub_call": "float32 [batch, height, width, 3], RGB in [0, 1], any height/width",
+    "serving_default": "uint8 [batch, height, width, 3] 'images', RGB in [0, 255]",
+    "serving_bytes": "string [batch] 'image_bytes', encoded PNG/JPEG/GIF/BMP",
+}
+VIDEO_INPUT = {
+    "hub_call": "float32 [batch, time, height, width, 3], RGB clips in [0, 1], any length/size",
+    "serving_default": "uint8 [batch, time, height, width, 3] 'frames', RGB in [0, 255]",
+}
 
 
 def _jsonable(value: Any) -> Any:
@@ -37,13 +47,15 @@ def build_model_card(
     num_features: int,
     metadata: dict[str, Any],
     backbone_config: dict[str, Any] | None = None,
+    video: bool = False,
 ) -> dict[str, Any]:
-    """The card as a dict: identity, input/output contract, signatures, and ``metadata``."""
+    """The card as a dict: identity, input/output contract, signatures, and ``metadata``
+    (``video``: the encoder takes clips)."""
     known = ("task", "backbone", "dataset", "metrics")
     return _jsonable({
         "model_name": model_name,
         "version": version,
-        "hub_task": HUB_TASK,
+        "hub_task": HUB_VIDEO_TASK if video else HUB_TASK,
         "format": "saved_model_2",
         "fine_tunable": True,
         "pretext_task": metadata.get("task"),
@@ -51,9 +63,7 @@ def build_model_card(
         "dataset": metadata.get("dataset"),
         "metrics": metadata.get("metrics", {}),
         "input": {
-            "hub_call": "float32 [batch, height, width, 3], RGB in [0, 1], any height/width",
-            "serving_default": "uint8 [batch, height, width, 3] 'images', RGB in [0, 255]",
-            "serving_bytes": "string [batch] 'image_bytes', encoded PNG/JPEG/GIF/BMP",
+            **(VIDEO_INPUT if video else IMAGE_INPUT),
             "image_size": list(image_size),
             "value_range": [0.0, 1.0],
         },
@@ -74,7 +84,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"<!-- network-architecture: {card['backbone']} -->",
         f"<!-- dataset: {card['dataset']} -->",
         "",
-        f"Image feature vector from a `{card['backbone']}` encoder pretrained with the "
+        f"{'Video' if card['hub_task'] == HUB_VIDEO_TASK else 'Image'} feature vector from a "
+        f"`{card['backbone']}` encoder pretrained with the "
         f"self-supervised `{card['pretext_task']}` task on `{card['dataset']}`.",
         "",
         "## Usage",
@@ -82,7 +93,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Hub `__call__(images, training=False)`: {card['input']['hub_call']}; "
         f"returns float32 `[batch, {card['output']['shape'][1]}]`.",
         f"- `serving_default`: {card['input']['serving_default']} → `features`.",
-        f"- `serving_bytes`: {card['input']['serving_bytes']} → `features`.",
+        *([f"- `serving_bytes`: {card['input']['serving_bytes']} → `features`."]
+          if "serving_bytes" in card["input"] else []),
         f"- Serving signatures resize to {card['input']['image_size'][0]}×"
         f"{card['input']['image_size'][1]}.",
         "",

@@ -12,6 +12,11 @@ restore under the TF1 loader used by ``saved_model_cli`` and TF Serving). The Sa
 * ``serving_bytes``: encoded images ``image_bytes`` ``[batch]`` → ``{"features"}``;
 
 both serving signatures resize to the training image size when the input size differs.
+
+Video encoders (backbones taking ``[batch, time, height, width, 3]`` clips) export as a video
+feature vector (:class:`HubVideoEncoderModule`): ``__call__`` on float32 clips in [0, 1] of any
+length and size → ``[batch, features]``, and ``serving_default`` on uint8 ``frames``
+``[batch, time, height, width, 3]`` → ``{"features"}``, frames resized to the training size.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
 IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
+FRAMES_INPUT = "frames"
 FEATURES_OUTPUT = "features"
 
 _HUB_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)
+_HUB_CLIPS = tf.TensorSpec([None, None, None, None, 3], tf.float32, name=FRAMES_INPUT)
 
 
 def normalize_image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -50,9 +57,14 @@ def _resize_if_needed(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Resizes float ``[..., h, w, c]`` images to ``size`` unless they already have that size."""
     shape = tf.shape(images)
     same = tf.logical_and(tf.equal(shape[-3], size[0]), tf.equal(shape[-2], size[1]))
-    resized = tf.cond(
-        same, lambda: images, lambda: tf.image.resize(images, size, antialias=True)
-    )
+
+    def resize() -> tf.Tensor:
+        # tf.image.resize takes one leading batch axis: fold any others (e.g. time) into it.
+        flat = tf.reshape(images, tf.concat([[-1], shape[-3:]], 0))
+        flat = tf.image.resize(flat, size, antialias=True)
+        return tf.reshape(flat, tf.concat([shape[:-3], [size[0], size[1], 3]], 0))
+
+    resized = tf.cond(same, lambda: images, resize)
     return tf.ensure_shape(resized, images.shape[:-3].concatenate([size[0], size[1], 3]))
 
 
@@ -89,17 +101,21 @@ class _Forward:
             return tf.cast(outputs[FEATURE_ENDPOINT], tf.float32)
 
 
-class HubEncoderModule(tf.Module):
-    """The exported object: Hub ``__call__`` API plus the two TF Serving signatures."""
+class _HubModule(tf.Module):
+    """The Hub reusable-SavedModel part shared by image and video exports: ``__call__``
+    traced for both training modes, ``variables``, ``trainable_variables``,
+    ``regularization_losses``. Subclasses add their serving functions (every tf.function with
+    an input signature on the module is saved, so each export holds only its own)."""
 
     # tf.Module computes these as properties; the Hub convention needs saved attributes.
     variables = None
     trainable_variables = None
+    hub_input_spec = _HUB_IMAGES
 
     def __init__(self, backbone: keras.Model, image_size: int | tuple[int, int]) -> None:
         super().__init__(name="selfsup_encoder")
         self._image_size = normalize_image_size(image_size)
-        probe = backbone(np.zeros((1, *self._image_size, 3), np.float32), training=False)
+        probe = backbone(self._example_input(), training=False)
         if not isinstance(probe, dict) or FEATURE_ENDPOINT not in probe:
             raise ValueError(
                 f"backbone must return a dict of endpoints with {FEATURE_ENDPOINT!r}, "
@@ -113,12 +129,20 @@ class HubEncoderModule(tf.Module):
         self.trainable_variables = [v for v in self.variables if v.trainable]
         self.regularization_losses = []
         for training in (False, True):
-            self.__call__.get_concrete_function(_HUB_IMAGES, training=training)
+            self.__call__.get_concrete_function(self.hub_input_spec, training=training)
+
+    def _example_input(self) -> np.ndarray:
+        return np.zeros((1, *self._image_size, 3), np.float32)
 
     @tf.function
     def __call__(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Hub API: float32 RGB in [0, 1], any size → ``[batch, num_features]``."""
         return self._forward(images, training=training)
+
+
+class HubEncoderModule(_HubModule):
+    """The exported object of an image encoder: Hub ``__call__`` API plus the two TF Serving
+    signatures."""
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
@@ -150,6 +174,37 @@ class HubEncoderModule(tf.Module):
         }
 
 
+class HubVideoEncoderModule(_HubModule):
+    """The exported object of a video encoder: Hub ``__call__`` on float32 clips ``[batch,
+    time, height, width, 3]`` in [0, 1] (any length and size) and ``serving_default`` on uint8
+    ``frames``; both give ``[batch, num_features]``."""
+
+    hub_input_spec = _HUB_CLIPS
+    # Frames of the example clip that builds and checks the backbone (any length works).
+    EXAMPLE_FRAMES = 2
+
+    def _example_input(self) -> np.ndarray:
+        return np.zeros((1, self.EXAMPLE_FRAMES, *self._image_size, 3), np.float32)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, None, 3], tf.uint8, name=FRAMES_INPUT)])
+    def serve_frames(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 RGB clips → features, frames resized to the export image size."""
+        floats = tf.cast(frames, tf.float32) / 255.0
+        return {FEATURES_OUTPUT: self._forward(
+            _resize_if_needed(floats, self._image_size), training=False)}
+
+    def serving_signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """The one serving signature, with input name ``frames``."""
+        return {SERVING_DEFAULT: self.serve_frames.get_concrete_function()}
+
+
+def is_video_encoder(backbone: keras.Model) -> bool:
+    """Whether ``backbone`` takes clips (a :class:`~selfsup.models.video_backbone.VideoBackbone`
+    or anything declaring ``input_rank = 5``)."""
+    return getattr(backbone, "input_rank", 4) == 5
+
+
 def _backbone_config(backbone: keras.Model) -> dict[str, Any]:
     try:
         return dict(backbone.get_config())
@@ -176,11 +231,12 @@ def export_encoder(
     """
     size = normalize_image_size(image_size)
     with atomic_version_dir(export_dir, model_name, version) as (temp_dir, version):
-        module = HubEncoderModule(backbone, size)
+        video = is_video_encoder(backbone)
+        module = (HubVideoEncoderModule if video else HubEncoderModule)(backbone, size)
         tf.saved_model.save(module, str(temp_dir), signatures=module.serving_signatures())
         card = build_model_card(
             model_name, version, size, module.num_features, dict(metadata),
-            backbone_config=_backbone_config(backbone),
+            backbone_config=_backbone_config(backbone), video=video,
         )
         write_model_card(temp_dir, card)
     return pathlib.Path(export_dir) / model_name / str(version)

@@ -1,7 +1,19 @@
-"""Backbones (2D networks returning named endpoints) and heads, with the backbone registry."""
+"""Backbones (2D and video networks returning named endpoints) and heads, with the backbone
+registry."""
 
-# Importing a family's module registers its backbones.
-from selfsup.models import alexnet, densenet, googlenet, resnet, vgg  # noqa: F401
+# Importing a family's module registers its backbones (2D: alexnet … vgg; video: c3d, lrcn,
+# two_stream, video_resnet).
+from selfsup.models import (  # noqa: F401
+    alexnet,
+    c3d,
+    densenet,
+    googlenet,
+    lrcn,
+    resnet,
+    two_stream,
+    vgg,
+    video_resnet,
+)
 from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, Backbone, build_backbone
 from selfsup.models.registry import ConfigError, Registry
 

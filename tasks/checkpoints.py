@@ -65,9 +65,17 @@ def build_encoder(run_config: dict[str, Any], seed: int | None = None) -> keras.
         keras.utils.set_random_seed(seed)
     task = task_from_run_config({**run_config, "synchronized_bn": False})
     encoder = task.build_backbone()
-    size = run_config["image_size"]
-    encoder(tf.zeros([1, size, size, 3]), training=False)
+    encoder(encoder_example_input(encoder, run_config), training=False)
     return encoder
+
+
+def encoder_example_input(encoder: keras.Model, run_config: dict[str, Any]) -> tf.Tensor:
+    """One zero image ``[1, s, s, 3]`` (or clip ``[1, clip_length, s, s, 3]`` for a video
+    encoder) of the run's input size: calling the encoder on it builds every variable."""
+    size = run_config["image_size"]
+    if getattr(encoder, "input_rank", 4) == 5:
+        return tf.zeros([1, run_config.get("clip_length", 1), size, size, 3])
+    return tf.zeros([1, size, size, 3])
 
 
 def latest_checkpoint(model_dir: str | Path) -> str:

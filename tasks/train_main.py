@@ -11,7 +11,9 @@ import os
 # TensorFlow prints INFO lines (oneDNN, CUDA probing) on import; a user can still lower it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+import ast
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 
@@ -26,14 +28,22 @@ flags.DEFINE_list("subtasks", None, "With --task=multitask: the tasks sharing th
                   "e.g. rotnet,colorization,jigsaw.")
 flags.DEFINE_list("weights", None, "With --task=multitask: one loss weight per sub-task "
                   "(default: 1 each).")
-flags.DEFINE_string("backbone", "resnet_small", "Registered backbone name.")
-flags.DEFINE_string("dataset", "fashion_mnist",
-                    "A tensorflow-datasets name, or image_folder:<root> "
-                    "(images in <root>/<split>/<label>/).")
+flags.DEFINE_string("backbone", None, "Registered backbone name (default: the task's own, "
+                    "resnet_small for image tasks, r3d_18 for video tasks).")
+flags.DEFINE_multi_string("backbone_param", [],
+                          "name=value of a backbone constructor option (repeatable), e.g. "
+                          "--backbone_param=width_multiplier=0.25; values are Python literals "
+                          "(numbers, tuples, True/False) or plain strings.")
+flags.DEFINE_string("dataset", None,
+                    "A tensorflow-datasets name, image_folder:<root> (images in "
+                    "<root>/<split>/<label>/) or, for video tasks, video_folder:<root> (video "
+                    "files in <root>/<split>/<label>/) or a tfds video set (ucf101); default: "
+                    "the task's own (fashion_mnist for image tasks, sample_videos for video).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data dir (default: tfds's own).")
 flags.DEFINE_string("train_split", "train", "Split to pretrain on (tfds slicing allowed).")
 flags.DEFINE_integer("image_size", None,
-                     "Square input size; default: the dataset's own (28 for Fashion-MNIST).")
+                     "Square input size (video: the crop of every frame); default: the "
+                     "dataset's own (28 for Fashion-MNIST, 112 for video).")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and run_config.json go; "
                     "an existing run there is resumed.")
 flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps (a resumed run continues).")
@@ -55,6 +65,20 @@ flags.DEFINE_integer("log_every", 50, "Steps between progress lines and summarie
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
 
 
+def parse_backbone_params(params: list[str]) -> dict[str, Any]:
+    """``["name=value", ...]`` → backbone constructor keywords (literals, else strings)."""
+    kwargs: dict[str, Any] = {}
+    for item in params:
+        name, separator, text = item.partition("=")
+        if not separator or not name.isidentifier():
+            raise ConfigError(f"backbone parameter {item!r} is not of the form name=value")
+        try:
+            kwargs[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[name] = text
+    return kwargs
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -67,6 +91,7 @@ def main(argv: list[str]) -> None:
             raise ConfigError(f"num_cpu_replicas must be positive, got {FLAGS.num_cpu_replicas}")
         # Imported here so that flag errors above print before TensorFlow loads.
         from selfsup.datasets import open_source
+        from selfsup.datasets.video_sources import is_video_dataset, open_video_source
         from selfsup.models import BACKBONES
         from selfsup.tasks import task_class
         from selfsup.tasks.base import parse_task_params
@@ -85,16 +110,22 @@ def main(argv: list[str]) -> None:
         cls = task_class(FLAGS.task)
         task_params = parse_task_params(cls.config_class, FLAGS.task_param)
         task_params.update(multitask_params(FLAGS.task, FLAGS.subtasks, FLAGS.weights))
-        BACKBONES.get(FLAGS.backbone)
+        defaults = cls.config_class.__dataclass_fields__
+        backbone = FLAGS.backbone or defaults["backbone"].default
+        dataset = FLAGS.dataset or defaults["dataset"].default
+        backbone_kwargs = parse_backbone_params(FLAGS.backbone_param)
+        BACKBONES.get(backbone)
         ensure_writable_dir(FLAGS.model_dir)
         # TensorFlow requires the strategy before any other op; opening the dataset runs ops.
         strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_replicas)
         image_size = FLAGS.image_size
         if image_size is None:
-            image_size = open_source(FLAGS.dataset, FLAGS.data_dir).default_image_size
+            image_size = (open_video_source(dataset, FLAGS.data_dir)
+                          if is_video_dataset(dataset, FLAGS.data_dir)
+                          else open_source(dataset, FLAGS.data_dir)).default_image_size
         task_config = cls.config_class(
-            backbone=FLAGS.backbone, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-            train_split=FLAGS.train_split, image_size=image_size,
+            backbone=backbone, backbone_kwargs=backbone_kwargs, dataset=dataset,
+            data_dir=FLAGS.data_dir, train_split=FLAGS.train_split, image_size=image_size,
             global_batch_size=FLAGS.batch_size, synchronized_bn=FLAGS.synchronized_bn,
             seed=FLAGS.seed, **task_params)
         run_training(FLAGS.task, task_config, trainer_config, strategy,

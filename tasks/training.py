@@ -67,6 +67,9 @@ def run_training(task_name: str, task_config: TaskConfig, trainer_config: Traine
     BACKBONES.get(task_config.backbone)
     if not isinstance(task_config, cls.config_class):
         raise ConfigError(f"task {task_name!r} needs a {cls.config_class.__name__}")
+    from selfsup.tasks.video_base import check_task_modality
+
+    check_task_modality(cls, task_config)
     model_dir = ensure_writable_dir(trainer_config.model_dir)
     check_resume_compatible(model_dir, task_name, task_config)
     if isinstance(strategy, str):

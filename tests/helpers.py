@@ -16,6 +16,10 @@ BIN_DIR = Path(sys.executable).parent
 ONE_STAGE = {"stage_blocks": (1,), "stage_widths": (8,), "stem_width": 8}
 # Real Fashion-MNIST, a small slice: the shuffle buffer fills in a fraction of a second.
 SUBSET = "train[:1024]"
+# Video tasks at test size: the real sample clips, 8 frames of 32 px from 40 px frames, an
+# R3D-18 at 1/8 width (8/16/32/64 channels).
+VIDEO_TINY = dict(backbone="r3d_18", backbone_kwargs={"width_multiplier": 0.125},
+                  image_size=32, frame_size=40, clip_length=8, dataset="sample_videos")
 
 
 def checkpoint_tensors(checkpoint_path: str) -> dict[str, np.ndarray]:
@@ -203,13 +207,20 @@ def train_on_replicas_and_restore(task_name: str, task_config, model_dir: Path, 
 
 
 def assert_export_reproduces(encoder, export_dir: Path, name: str, images: np.ndarray) -> None:
-    """The exported SavedModel of ``encoder`` returns its ``pool`` features for ``images``."""
+    """The exported SavedModel of ``encoder`` returns its ``pool`` features for ``images``
+    (or clips ``[b, t, h, w, 3]``: then its uint8 ``frames`` serving signature too)."""
     from selfsup.export import export_encoder
 
     expected = encoder(images, training=False)["pool"].numpy()
-    path = export_encoder(encoder, export_dir, name, image_size=images.shape[1], metadata={})
+    path = export_encoder(encoder, export_dir, name, image_size=images.shape[-2], metadata={})
     loaded = tf.saved_model.load(str(path))
     np.testing.assert_allclose(loaded(tf.constant(images)).numpy(), expected, atol=1e-5)
+    if images.ndim == 5:
+        frames = np.round(images * 255).astype(np.uint8)
+        served = loaded.signatures["serving_default"](frames=tf.constant(frames))["features"]
+        np.testing.assert_allclose(
+            served.numpy(), encoder(frames / np.float32(255), training=False)["pool"].numpy(),
+            atol=1e-5)
 
 
 def logged_metrics(out: str) -> list[dict[str, float]]:

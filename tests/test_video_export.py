@@ -1,0 +1,65 @@
+"""Video encoders export as video feature vectors: float clips through the Hub ``__call__``,
+uint8 frames through ``serving_default``, any clip length, model card says video."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+
+import selfsup.models.video_resnet  # noqa: F401  (registers r3d_18)
+from selfsup.export.saved_model import export_encoder
+from selfsup.models import build_backbone
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(3)
+    encoder = build_backbone("r3d_18", width_multiplier=0.125, input_size=SIZE, name="backbone")
+    encoder(np.zeros((1, 4, SIZE, SIZE, 3), np.float32), training=False)
+    path = export_encoder(encoder, tmp_path_factory.mktemp("export"), "clips", 1,
+                          image_size=SIZE, metadata={"task": "vcop", "backbone": "r3d_18",
+                                                     "dataset": "sample_videos"})
+    return encoder, path
+
+
+def _clips(frames: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(size=(2, frames, size, size, 3)).astype(
+        np.float32)
+
+
+@pytest.mark.parametrize("frames", [4, 8])
+def test_hub_call_takes_clips_of_any_length(exported, frames):
+    encoder, path = exported
+    clips = _clips(frames)
+    loaded = hub.load(str(path))
+    np.testing.assert_allclose(loaded(tf.constant(clips)).numpy(),
+                               encoder(clips, training=False)["pool"].numpy(), atol=1e-5)
+
+
+def test_serving_default_resizes_uint8_frames(exported):
+    encoder, path = exported
+    frames = np.round(_clips(4, size=48, seed=1) * 255).astype(np.uint8)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](
+        frames=tf.constant(frames))["features"].numpy()
+    # Independent of the export's code path: resize each frame here, then run the encoder.
+    resized = tf.image.resize(frames.reshape(-1, 48, 48, 3).astype(np.float32) / 255,
+                              (SIZE, SIZE), antialias=True).numpy().reshape(2, 4, SIZE, SIZE, 3)
+    np.testing.assert_allclose(served, encoder(resized, training=False)["pool"].numpy(),
+                               atol=1e-5)
+    assert served.shape == (2, 64)
+
+
+def test_model_card_says_video_feature_vector(exported):
+    _, path = exported
+    card = json.loads((path / "assets.extra" / "model_card.json").read_text())
+    assert card["hub_task"] == "video-feature-vector"
+    assert "[batch, time, height, width, 3]" in card["input"]["hub_call"]
+    assert "serving_bytes" not in card["input"]
+    markdown = (path / "assets.extra" / "model_card.md").read_text()
+    assert "<!-- task: video-feature-vector -->" in markdown
+    assert markdown.count("serving_bytes") == 0

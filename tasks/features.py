@@ -4,6 +4,11 @@ Every 4-D endpoint ``[b, h, w, c]`` of a backbone is average-pooled to a fixed
 ``pool_size × pool_size`` grid with PyTorch-style adaptive bins (bin ``i`` of ``s`` covers rows
 ``floor(i·h/s)`` to ``ceil((i+1)·h/s)``, so bins may overlap when ``h`` is not a multiple of
 ``s``), then flattened; endpoints that are already vectors (``pool``) pass through unchanged.
+
+Video endpoints are first averaged over time: a 5-D map ``[b, t, h, w, c]`` becomes ``[b, h, w,
+c]`` and is then pooled as above; a recurrent ``[b, t, c]`` sequence becomes ``[b, c]``. The
+temporal mean keeps the feature count independent of the clip length (it is what the backbones'
+own ``pool`` does over space and time).
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ def adaptive_average_pool(features: tf.Tensor, output_size: int = DEFAULT_POOL_S
 
 
 def flatten_endpoint(features: tf.Tensor, pool_size: int = DEFAULT_POOL_SIZE) -> tf.Tensor:
-    """One endpoint as ``[b, features]``: 4-D maps are adaptively pooled then flattened."""
+    """One endpoint as ``[b, features]``: 4-D maps are adaptively pooled then flattened; video
+    endpoints (5-D maps, ``[b, t, c]`` sequences) are averaged over time first."""
+    if features.shape.rank in (3, 5):
+        features = tf.reduce_mean(features, axis=1)
     if features.shape.rank == 4:
         pooled = adaptive_average_pool(features, pool_size)
         return tf.reshape(pooled, [tf.shape(pooled)[0], -1])
@@ -68,13 +76,14 @@ def extract_features(encoder: keras.Model | Callable, dataset: tf.data.Dataset,
                      pool_size: int = DEFAULT_POOL_SIZE, batch_size: int = 256,
                      num_examples: int | None = None, log_every: int = 20,
                      log: Callable[[str], None] = logging.info,
-                     description: str = "features",
+                     description: str = "features", unit: str = "images",
                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Runs the frozen ``encoder`` (``training=False``) over ``(image, label)`` examples.
 
     Returns ``({endpoint: float32 [n, features]}, int64 labels [n])`` with endpoints in the
     encoder's order. ``num_examples`` (if known) only serves the progress lines' ETA; a line is
-    logged every ``log_every`` batches and once at the end.
+    logged every ``log_every`` batches and once at the end; ``unit`` names the examples in them
+    (``clips`` for video). Labels may be ``[b]`` or ``[b, k]`` (e.g. label and video index).
     """
 
     @tf.function(reduce_retracing=True)
@@ -98,11 +107,11 @@ def extract_features(encoder: keras.Model | Callable, dataset: tf.data.Dataset,
             eta = ""
             if total_batches:
                 eta = f", ETA {elapsed / step * max(total_batches - step, 0):.0f} s"
-            log(f"{description}: batch {step}/{total_batches or '?'}, {seen} images, "
-                f"{seen / elapsed:.0f} images/s{eta}")
+            log(f"{description}: batch {step}/{total_batches or '?'}, {seen} {unit}, "
+                f"{seen / elapsed:.0f} {unit}/s{eta}")
     if not labels:
         raise ValueError(f"{description}: the dataset is empty")
     elapsed = time.perf_counter() - start
-    log(f"{description}: {seen} images in {elapsed:.1f} s ({seen / elapsed:.0f} images/s)")
+    log(f"{description}: {seen} {unit} in {elapsed:.1f} s ({seen / elapsed:.0f} {unit}/s)")
     features = {name: np.concatenate(parts) for name, parts in chunks.items()}
     return features, np.concatenate(labels).astype(np.int64)

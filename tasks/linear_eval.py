@@ -17,7 +17,9 @@ from typing import Any
 
 from selfsup.models.registry import ConfigError
 
-PROTOCOLS = ("linear",)
+# linear: per-layer probes (images and video); finetune: action-recognition fine-tuning of a
+# video encoder (selfsup.tasks.video_eval.evaluate_finetune).
+PROTOCOLS = ("linear", "finetune")
 RESULTS_FILE = "linear_probe.json"
 COLUMNS = (("trained", "trained"), ("random_init", "random init"))
 
@@ -28,7 +30,7 @@ def print_progress(message: str) -> None:
 
 def validate_settings(model_dir: str | None, protocol: str = "linear",
                       train_examples: int = 10_000, test_examples: int | None = None,
-                      pool_size: int = 3) -> Path:
+                      pool_size: int = 3, clips_per_video: int | None = None) -> Path:
     """Checks every user setting before any work; returns the model dir as a Path."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -40,6 +42,8 @@ def validate_settings(model_dir: str | None, protocol: str = "linear",
         raise ConfigError(f"test_examples must be positive, got {test_examples}")
     if pool_size < 1:
         raise ConfigError(f"pool_size must be positive, got {pool_size}")
+    if clips_per_video is not None and clips_per_video < 1:
+        raise ConfigError(f"clips_per_video must be positive, got {clips_per_video}")
     path = Path(model_dir)
     if not path.is_dir():
         raise ConfigError(f"model dir {model_dir} does not exist")
@@ -53,19 +57,38 @@ def _json_result(result: Any) -> dict[str, Any]:
             "num_features": result.num_features}
 
 
+def is_video_run(run_config: dict[str, Any], data_dir: str | None = None) -> bool:
+    """Whether the run trained on a video dataset (its evaluation takes clips)."""
+    from selfsup.datasets.video_sources import is_video_dataset
+
+    data_dir = data_dir if data_dir is not None else run_config.get("data_dir")
+    return is_video_dataset(run_config["dataset"], data_dir)
+
+
 def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
                     test_examples: int | None = None, pool_size: int = 3, seed: int = 0,
-                    data_dir: str | None = None,
+                    data_dir: str | None = None, clips_per_video: int | None = None,
                     log: Callable[[str], None] = print_progress) -> dict[str, Any]:
     """Probes the trained and a random-init encoder of ``model_dir``; writes and returns the
     results (``<model_dir>/eval/linear_probe.json``).
 
     The result holds ``protocol`` (every setting), ``endpoints`` (in encoder order), per column
     (``trained``, ``random_init``) endpoint → {top1 (%), weight_decay, validation_top1,
-    num_features}, and ``best``: column → best endpoint.
+    num_features}, and ``best``: column → best endpoint. A video run goes to the video protocol
+    (:func:`selfsup.tasks.video_eval.evaluate_video_linear`: the examples count videos, each
+    seen as ``clips_per_video`` clips; clip and video top-1 and clip retrieval per endpoint).
     """
     model_dir = validate_settings(str(model_dir), "linear", train_examples, test_examples,
-                                  pool_size)
+                                  pool_size, clips_per_video)
+    from selfsup.tasks.checkpoints import read_run_config
+
+    if is_video_run(read_run_config(model_dir), data_dir):
+        from selfsup.tasks.video_eval import DEFAULT_CLIPS_PER_VIDEO, evaluate_video_linear
+
+        return evaluate_video_linear(
+            model_dir, train_examples=train_examples, test_examples=test_examples,
+            clips_per_video=clips_per_video or DEFAULT_CLIPS_PER_VIDEO, pool_size=pool_size,
+            seed=seed, data_dir=data_dir, log=log)
     from selfsup.datasets import open_source
     from selfsup.tasks.checkpoints import build_encoder, latest_checkpoint, restore_encoder
     from selfsup.tasks.linear_probe import LinearClassifierConfig, linear_probe_results
@@ -122,6 +145,10 @@ def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
 def format_table(results: dict[str, Any]) -> str:
     """The probe results as a text table: endpoints × (trained, random init), best marked *."""
     protocol = results["protocol"]
+    if protocol["name"] == "video_linear":
+        from selfsup.tasks.video_eval import format_video_table
+
+        return format_video_table(results)
     header = (f"linear probe top-1 (%) on {protocol['dataset']} {protocol['eval_split']}: "
               f"{protocol['train_examples']} train examples, features pooled to "
               f"{protocol['pool_size']}×{protocol['pool_size']}")
@@ -138,7 +165,19 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def probe_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of a linear evaluation, for model cards: top-1 per endpoint."""
+    """The headline numbers of a linear evaluation, for model cards: top-1 per endpoint (for
+    video: video-level top-1 and ``pool``'s clip retrieval, trained vs random init)."""
+    if results["protocol"]["name"] == "video_linear":
+        trained, random_init = results["trained"], results["random_init"]
+        metrics = {f"video probe video top-1 % ({name})": trained[name]["video_top1"]
+                   for name in results["endpoints"]}
+        best = results["best"]["random_init"]
+        metrics[f"random-init best video top-1 % ({best})"] = random_init[best]["video_top1"]
+        if "pool" in trained:
+            metrics["clip retrieval triplet (pool)"] = trained["pool"]["triplet_retrieval"]
+            metrics["random-init clip retrieval triplet (pool)"] = (
+                random_init["pool"]["triplet_retrieval"])
+        return metrics
     metrics = {f"linear probe top-1 % ({name})": results["trained"][name]["top1"]
                for name in results["endpoints"]}
     best = results["best"]["random_init"]

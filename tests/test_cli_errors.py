@@ -14,10 +14,17 @@ from helpers import run_cli
         ("--dataset=nosuch_dataset", "unknown dataset 'nosuch_dataset'"),
         ("--train_steps=-5", "train_steps must be positive"),
         ("--batch_size=0", "batch size must be positive"),
+        ("--backbone_param=width", "backbone parameter 'width' is not of the form name=value"),
+        ("--backbone=r3d_18", "backbone 'r3d_18' takes video clips, this task takes images; "
+                              "image backbones: alexnet"),
+        ("--task=rotnet3d --dataset=fashion_mnist",
+         "dataset 'fashion_mnist' holds images, but this task takes video"),
+        ("--task=rotnet3d --backbone=resnet18",
+         "backbone 'resnet18' takes images, this task takes video; video backbones: c3d"),
     ],
 )
 def test_bad_training_flags_give_one_line_errors(tmp_path, flag, message):
-    result = run_cli("selfsup-train", f"--model_dir={tmp_path / 'run'}", flag)
+    result = run_cli("selfsup-train", f"--model_dir={tmp_path / 'run'}", *flag.split())
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines()

@@ -1,5 +1,5 @@
 # The two commands of the README quick start, and what they are made of.
-.PHONY: setup demo test test-slow lint
+.PHONY: setup demo demo-video test test-slow lint
 
 setup:
 	@bash scripts/setup.sh
@@ -8,6 +8,10 @@ setup:
 # export it, and print the results table and the export path.
 demo: setup
 	.venv/bin/selfsup-demo
+
+# The same for video: 3D RotNet on the offline sample clips, video probe, video export.
+demo-video: setup
+	.venv/bin/selfsup-demo --video
 
 # Everything the tests need, then the suite (slow checks excluded: `make test-slow`).
 test: setup

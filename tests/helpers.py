@@ -20,6 +20,10 @@ SUBSET = "train[:1024]"
 # R3D-18 at 1/8 width (8/16/32/64 channels).
 VIDEO_TINY = dict(backbone="r3d_18", backbone_kwargs={"width_multiplier": 0.125},
                   image_size=32, frame_size=40, clip_length=8, dataset="sample_videos")
+# A two-stage R3D (8 and 16 channels, one block each: 8 × 8 maps at 16 px), for tests about a
+# video task rather than the encoder's capacity.
+VIDEO_TWO_STAGE = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stage_convs": ("3d", "3d"),
+                   "stem_width": 8}
 
 
 def checkpoint_tensors(checkpoint_path: str) -> dict[str, np.ndarray]:
@@ -71,6 +75,44 @@ def pretrain_and_probe(task_name: str, model_dir: Path, *, train_steps: int, bat
                        for column in ("trained", "random_init")}
     results["losses"] = losses
     return results
+
+
+def pretrain_and_probe_video(task_name: str, task_config, model_dir, *, train_steps: int,
+                             learning_rate: float, optimizer: str = "sgd",
+                             weight_decay: float = 5e-4, clips_per_video: int = 4) -> dict:
+    """Pretrains a video task on one device, then the video probe and retrieval checks of the
+    trained and the random-init encoder (``evaluate_video_linear``). Returns its results plus
+    ``losses`` (the logged means). The video counterpart of :func:`pretrain_and_probe`."""
+    import io
+
+    from selfsup.tasks.linear_probe import LinearClassifierConfig
+    from selfsup.tasks.trainer import TrainerConfig
+    from selfsup.tasks.training import run_training
+    from selfsup.tasks.video_eval import evaluate_video_linear
+
+    trainer_config = TrainerConfig(model_dir=str(model_dir), train_steps=train_steps,
+                                   learning_rate=learning_rate, optimizer=optimizer,
+                                   weight_decay=weight_decay,
+                                   log_every=max(train_steps // 5, 1),
+                                   checkpoint_every=train_steps)
+    out = io.StringIO()
+    run_training(task_name, task_config, trainer_config, "one_device", out=out)
+    losses = [float(line.split("loss ")[1].split()[0])
+              for line in out.getvalue().splitlines() if line.startswith("step ")]
+    results = evaluate_video_linear(
+        model_dir, clips_per_video=clips_per_video, log=lambda message: None,
+        classifier=LinearClassifierConfig(steps=200, weight_decays=(1e-3, 1e-2, 1e-1)))
+    results["losses"] = losses
+    return results
+
+
+def probe_summary(results: dict) -> dict:
+    """Per column: best video top-1, pool's clip top-1 and its retrieval checks."""
+    return {column: {"best_video_top1": max(e["video_top1"] for e in results[column].values()),
+                     "pool_top1": results[column]["pool"]["top1"],
+                     "pool_triplet": round(results[column]["pool"]["triplet_retrieval"], 4),
+                     "pool_nn": round(results[column]["pool"]["nearest_neighbour"], 4)}
+            for column in ("trained", "random_init")}
 
 
 def initial_weights(task, seed: int = 1) -> tuple:

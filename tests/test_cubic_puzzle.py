@@ -189,7 +189,7 @@ def test_short_pretrain_learns_the_puzzle_and_keeps_clip_retrieval(tmp_path):
     0.94 vs 0.81, but clip top-1 81.3 vs 84.4 % and best video top-1 100 vs 100 %. So at this
     budget the puzzle is learnt but the encoder does not clearly beat random init: asserted are
     the loss well below chance and retrieval no worse than random init."""
-    from test_rotnet3d import pretrain_and_probe_video, probe_summary
+    from helpers import pretrain_and_probe_video, probe_summary
 
     config = CubicPuzzleConfig(global_batch_size=16, **VIDEO_TINY)
     results = pretrain_and_probe_video("cubic_puzzle", config, tmp_path, train_steps=1000,

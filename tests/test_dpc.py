@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from helpers import (
     VIDEO_TINY,
+    VIDEO_TWO_STAGE,
     assert_encoder_restores,
     assert_two_replicas_match_one_device,
     initial_weights,
@@ -32,11 +33,6 @@ from selfsup.tasks.dpc import (
     split_blocks,
 )
 
-# Test size: 3 blocks (clips) of 2 frames, the last 2 predicted from the first; 16 px crops of the
-# real sample clips; a two-stage R3D (8 and 16 channels, one block each: 8 × 8 maps of 16
-# channels): the tests are about the task, not the encoder's capacity.
-VIDEO_TWO_STAGE = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stage_convs": ("3d", "3d"),
-                   "stem_width": 8}
 SMALL_DPC = dict(VIDEO_TINY, image_size=16, frame_size=20, backbone_kwargs=VIDEO_TWO_STAGE,
                  num_blocks=3, clip_length=2, predicted_blocks=2, frame_stride=1)
 

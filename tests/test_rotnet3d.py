@@ -8,6 +8,8 @@ from helpers import (
     VIDEO_TINY,
     assert_encoder_restores,
     assert_export_reproduces,
+    pretrain_and_probe_video,
+    probe_summary,
     train_in_process,
 )
 from selfsup.tasks.rotnet3d import RotNet3DTask, rotate_clips
@@ -72,45 +74,6 @@ def test_trainer_lowers_the_loss_and_the_encoder_restores_and_exports(tmp_path):
     encoder = assert_encoder_restores(tmp_path / "run", trainer, "rotnet3d")
     clips = np.random.default_rng(2).uniform(size=(2, 8, 32, 32, 3)).astype(np.float32)
     assert_export_reproduces(encoder, tmp_path / "export", "rotnet3d", clips)
-
-
-def pretrain_and_probe_video(task_name: str, task_config, model_dir, *, train_steps: int,
-                             learning_rate: float, optimizer: str = "sgd",
-                             weight_decay: float = 5e-4, clips_per_video: int = 4) -> dict:
-    """Pretrains a video task on one device, then the video probe and retrieval checks of the
-    trained and the random-init encoder (``evaluate_video_linear``). Returns its results plus
-    ``losses`` (the logged means). The video counterpart of helpers' ``pretrain_and_probe``
-    (tests/helpers.py is the lead's; this could move there)."""
-    import io
-
-    from selfsup.tasks.linear_probe import LinearClassifierConfig
-    from selfsup.tasks.trainer import TrainerConfig
-    from selfsup.tasks.training import run_training
-    from selfsup.tasks.video_eval import evaluate_video_linear
-
-    trainer_config = TrainerConfig(model_dir=str(model_dir), train_steps=train_steps,
-                                   learning_rate=learning_rate, optimizer=optimizer,
-                                   weight_decay=weight_decay,
-                                   log_every=max(train_steps // 5, 1),
-                                   checkpoint_every=train_steps)
-    out = io.StringIO()
-    run_training(task_name, task_config, trainer_config, "one_device", out=out)
-    losses = [float(line.split("loss ")[1].split()[0])
-              for line in out.getvalue().splitlines() if line.startswith("step ")]
-    results = evaluate_video_linear(
-        model_dir, clips_per_video=clips_per_video, log=lambda message: None,
-        classifier=LinearClassifierConfig(steps=200, weight_decays=(1e-3, 1e-2, 1e-1)))
-    results["losses"] = losses
-    return results
-
-
-def probe_summary(results: dict) -> dict:
-    """Per column: best video top-1, pool's clip top-1 and its retrieval checks."""
-    return {column: {"best_video_top1": max(e["video_top1"] for e in results[column].values()),
-                     "pool_top1": results[column]["pool"]["top1"],
-                     "pool_triplet": round(results[column]["pool"]["triplet_retrieval"], 4),
-                     "pool_nn": round(results[column]["pool"]["nearest_neighbour"], 4)}
-            for column in ("trained", "random_init")}
 
 
 @pytest.mark.slow

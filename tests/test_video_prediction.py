@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from helpers import (
     VIDEO_TINY,
+    VIDEO_TWO_STAGE,
     assert_encoder_restores,
     assert_export_reproduces,
     initial_weights,
@@ -21,11 +22,6 @@ from selfsup.tasks.video_prediction import (
     split_past_future,
 )
 
-# Test size: 3 past frames, 2 future frames, 16 px crops of the real sample clips; a two-stage
-# R3D (8 and 16 channels, one block each: an 8 × 8 map): the tests are about the task, not the
-# encoder's capacity.
-VIDEO_TWO_STAGE = {"stage_blocks": (1, 1), "stage_widths": (8, 16), "stage_convs": ("3d", "3d"),
-                   "stem_width": 8}
 SMALL = dict(VIDEO_TINY, image_size=16, frame_size=20, backbone_kwargs=VIDEO_TWO_STAGE,
              past_frames=3, future_frames=2)
 

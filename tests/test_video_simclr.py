@@ -160,7 +160,7 @@ def test_short_pretrain_beats_random_init_in_clip_retrieval(tmp_path):
     0.983 vs 0.916 random init, nearest neighbour from the same video 0.97 vs 0.81, clip top-1
     93.8 vs 84.4 %; best video top-1 100 vs 100 % (saturated, not asserted). The asserted
     retrieval margin is under half the measured one."""
-    from test_rotnet3d import pretrain_and_probe_video, probe_summary
+    from helpers import pretrain_and_probe_video, probe_summary
 
     config = VideoSimCLRConfig(global_batch_size=8, **VIDEO_TINY)
     results = pretrain_and_probe_video("video_simclr", config, tmp_path, train_steps=300,

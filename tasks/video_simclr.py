@@ -52,7 +52,7 @@ from selfsup.models.heads import MLPHead
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, PretextModel
 from selfsup.tasks.contrastive import nt_xent
-from selfsup.tasks.simclr import SIMCLR_PROJECTION_DIM
+from selfsup.tasks.simclr import SimCLRConfig
 from selfsup.tasks.video_base import VideoTask, VideoTaskConfig
 
 CVRL_TEMPERATURE = 0.1  # Qian et al. 2021 (implementation details)
@@ -62,31 +62,20 @@ VIEWS_PER_VIDEO = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoSimCLRConfig(VideoTaskConfig):
-    """Video SimCLR settings (see the module docstring for the sources of the defaults)."""
+class VideoSimCLRConfig(VideoTaskConfig, SimCLRConfig):
+    """Video SimCLR settings: SimCLR's fields (and their checks) with CVRL's defaults, plus the
+    grayscale probability (see the module docstring for the sources of the defaults)."""
 
     temperature: float = CVRL_TEMPERATURE
-    projection_hidden_units: tuple[int, ...] = (512,)
-    projection_dim: int = SIMCLR_PROJECTION_DIM
-    projection_batch_norm: bool = True
     color_strength: float = 1.0
     crop_min_area: float = CVRL_CROP_AREA[0]
     grayscale_probability: float = 0.2
-    blur_probability: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if self.projection_dim <= 0 or any(u <= 0 for u in self.projection_hidden_units):
-            raise ConfigError("projection sizes must be positive")
-        if not 0 < self.crop_min_area <= 1:
-            raise ConfigError(f"crop_min_area must be in (0, 1], got {self.crop_min_area}")
-        for name in ("grayscale_probability", "blur_probability"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.color_strength < 0:
-            raise ConfigError(f"color_strength must not be negative, got {self.color_strength}")
+        if not 0 <= self.grayscale_probability <= 1:
+            raise ConfigError(
+                f"grayscale_probability must be in [0, 1], got {self.grayscale_probability}")
 
 
 def frames_as_images(clips: tf.Tensor) -> tf.Tensor:

@@ -3,12 +3,11 @@
 import itertools
 import math
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import VIDEO_TINY
+from helpers import VIDEO_TINY, eager_losses_on_batch
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.cubic_puzzle import (
     CubicPuzzleConfig,
@@ -153,18 +152,6 @@ def test_model_encodes_each_piece_with_the_backbone_and_concatenates_in_order():
                                atol=1e-5)
 
 
-def losses_on(task, batch, steps: int, learning_rate: float) -> list[float]:
-    """Eager SGD (momentum 0.9) steps of ``task`` on one fixed batch (as helpers'
-    ``losses_on_one_batch``, without building the input pipeline a second time, and without
-    tf.function: a handful of eager steps of a 3D ResNet cost less than tracing one)."""
-    keras.utils.set_random_seed(0)
-    model = task.build_model()
-    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    metrics = task.build_metrics()
-    return [float(task.train_step(batch, model, optimizer, metrics)["loss"])
-            for _ in range(steps)]
-
-
 def test_loss_falls_on_a_batch_of_real_puzzles():
     task = CubicPuzzleTask(CubicPuzzleConfig(global_batch_size=4, synchronized_bn=False,
                                              **VIDEO_TINY))
@@ -173,7 +160,7 @@ def test_loss_falls_on_a_batch_of_real_puzzles():
     assert pieces.shape == (4, 4, 2, 16, 16, 3) and labels.shape == (4,)
     # Real footage: the four pieces of a puzzle are different pictures.
     assert np.abs(pieces[:, 0].numpy() - pieces[:, 1].numpy()).max() > 0.05
-    losses = losses_on(task, batch, steps=8, learning_rate=0.05)
+    losses = eager_losses_on_batch(task, batch, steps=8, learning_rate=0.05)
     # Chance level: log 48 ≈ 3.87.
     assert abs(losses[0] - math.log(48)) < 1.5 and losses[-1] < losses[0] - 1.0, losses
 

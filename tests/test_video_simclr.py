@@ -1,11 +1,15 @@
 """Video SimCLR (CVRL): per-clip augmentations, clip pairs of one video, replicas, learning."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import VIDEO_TINY, assert_two_replicas_match_one_device, initial_weights
+from helpers import (
+    VIDEO_TINY,
+    assert_two_replicas_match_one_device,
+    eager_losses_on_batch,
+    initial_weights,
+)
 from selfsup.datasets import clips as clip_sampling
 from selfsup.datasets.augment import ViewAugmentation
 from selfsup.models.registry import ConfigError
@@ -101,17 +105,6 @@ def test_the_two_views_are_two_windows_of_the_same_video():
     assert len(set(labels.numpy())) > 1  # rows are different videos
 
 
-def numpy_steps(task, batch, steps: int, learning_rate: float) -> list[float]:
-    """Eager SGD (momentum 0.9) steps of ``task`` on one fixed batch (no tf.function: a
-    handful of eager steps of a 3D ResNet cost less than tracing one)."""
-    keras.utils.set_random_seed(0)
-    model = task.build_model()
-    optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    metrics = task.build_metrics()
-    return [float(task.train_step(batch, model, optimizer, metrics)["loss"])
-            for _ in range(steps)]
-
-
 def test_loss_falls_on_real_clip_pairs():
     task = VideoSimCLRTask(VideoSimCLRConfig(global_batch_size=4, synchronized_bn=False,
                                              **VIDEO_TINY))
@@ -119,7 +112,7 @@ def test_loss_falls_on_real_clip_pairs():
     view_a, view_b = batch
     assert view_a.shape == view_b.shape == (4, 8, 32, 32, 3)
     assert 0.0 <= float(tf.reduce_min(view_a)) and float(tf.reduce_max(view_b)) <= 1.0
-    losses = numpy_steps(task, batch, steps=8, learning_rate=0.05)
+    losses = eager_losses_on_batch(task, batch, steps=8, learning_rate=0.05)
     # 2N − 1 = 7 candidates per anchor: log 7 ≈ 1.95 at equal scores.
     assert losses[0] > 1.0 and losses[-1] < losses[0] - 0.5, losses
 

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
         validate_settings(FLAGS.model_dir, FLAGS.protocol, FLAGS.train_examples,
                           FLAGS.test_examples, FLAGS.pool_size, FLAGS.clips_per_video)
         if FLAGS.protocol == "finetune":
-            from selfsup.tasks.video_eval import (
+            from selfsup.tasks.video_finetune import (
                 FinetuneSettings,
                 evaluate_finetune,
                 format_finetune_table,

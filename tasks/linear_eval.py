@@ -18,7 +18,7 @@ from typing import Any
 from selfsup.models.registry import ConfigError
 
 # linear: per-layer probes (images and video); finetune: action-recognition fine-tuning of a
-# video encoder (selfsup.tasks.video_eval.evaluate_finetune).
+# video encoder (selfsup.tasks.video_finetune.evaluate_finetune).
 PROTOCOLS = ("linear", "finetune")
 RESULTS_FILE = "linear_probe.json"
 COLUMNS = (("trained", "trained"), ("random_init", "random init"))

@@ -16,21 +16,18 @@ here). For the linear probe the encoder is frozen:
   * scores: clip-level top-1 and video-level top-1 (mean clip probabilities, then argmax) on the
     eval split, per endpoint, trained vs random init.
 
-The clip-retrieval check (issue 7) asks whether two clips of one video are closer than clips of
-different videos: :func:`triplet_retrieval_accuracy` (over every (anchor, positive, negative)
-triple) and :func:`nearest_neighbour_accuracy` (the nearest other clip comes from the same
-video), both on cosine similarity of the eval split's pooled clip features (not standardised).
+The clip-retrieval check (:mod:`selfsup.tasks.clip_retrieval`) asks whether two clips of one
+video are closer than clips of different videos, on the eval split's pooled clip features.
 
 ``selfsup-eval --model_dir=<video run>`` runs the probe and the retrieval check and writes
 ``<model_dir>/eval/linear_probe.json`` (the image probe's shape plus ``video_top1`` per endpoint
 and a ``retrieval`` block); ``--protocol=finetune`` fine-tunes the encoder for action recognition
-(:func:`evaluate_finetune`, :mod:`selfsup.tasks.action_recognition`).
+(:mod:`selfsup.tasks.video_finetune`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import time
@@ -44,17 +41,14 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.clip_retrieval import retrieval_metrics
 from selfsup.tasks.features import DEFAULT_POOL_SIZE, extract_features
+from selfsup.tasks.linear_eval import COLUMNS
 
 # Xu et al. 2019 (VCOP) and other video SSL papers of the survey's Table 6 score a test
 # video by averaging the predictions of 10 uniformly sampled clips.
 DEFAULT_CLIPS_PER_VIDEO = 10
 DEFAULT_BATCH_SIZE = 16  # clips per encoder call: small, video features are large
-# Anchors per block of the retrieval metrics: a block holds a [block, clips] similarity matrix.
-RETRIEVAL_BLOCK = 128
-FINETUNE_RESULTS_FILE = "finetune.json"
-FINETUNE_DIR = "finetune"
-COLUMNS = (("trained", "trained"), ("random_init", "random init"))
 
 
 # --- clip → video maths --------------------------------------------------------------------
@@ -104,81 +98,6 @@ def video_top1(clip_probabilities: np.ndarray, clip_labels: np.ndarray,
     _, probabilities = video_probabilities(clip_probabilities, clip_video_ids)
     labels = video_labels(clip_labels, clip_video_ids)
     return 100.0 * float(np.mean(np.argmax(probabilities, axis=1) == labels))
-
-
-# --- clip retrieval ------------------------------------------------------------------------
-
-
-def _unit_rows(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, np.float64)
-    if features.ndim != 2:
-        raise ValueError(f"need features [clips, d], got shape {features.shape}")
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    # A zero vector has no direction: its cosine with everything is 0.
-    return features / np.maximum(norms, 1e-12)
-
-
-def triplet_retrieval_accuracy(features: np.ndarray, video_ids: np.ndarray,
-                               block: int = RETRIEVAL_BLOCK) -> float:
-    """Fraction of (anchor, positive, negative) clip triples with cos(a, p) > cos(a, n).
-
-    ``p`` ranges over the other clips of the anchor's video, ``n`` over the clips of every other
-    video; each clip is an anchor. Ties count one half (the Mann–Whitney / AUC convention), so
-    a constant encoder scores chance, 0.5. Exact and vectorised without the ``clips³`` triple
-    tensor: per anchor the negatives' similarities are sorted once and every positive's rank
-    among them is a binary search; anchors go in blocks of ``block`` rows.
-    """
-    unit = _unit_rows(features)
-    ids = np.asarray(video_ids)
-    if len(ids) != len(unit):
-        raise ValueError(f"{len(unit)} feature rows but {len(ids)} video ids")
-    wins, triples = 0.0, 0
-    for start in range(0, len(unit), block):
-        rows = slice(start, start + block)
-        similarity = unit[rows] @ unit.T
-        same = ids[rows, None] == ids[None, :]
-        positive = same.copy()
-        positive[np.arange(positive.shape[0]), np.arange(start, start + positive.shape[0])] = False
-        negative = ~same
-        # Non-negatives sort to the end as +inf, beyond every finite similarity.
-        negatives_sorted = np.sort(np.where(negative, similarity, np.inf), axis=1)
-        below = tf.searchsorted(negatives_sorted, similarity, side="left").numpy()
-        not_above = tf.searchsorted(negatives_sorted, similarity, side="right").numpy()
-        scores = below + 0.5 * (not_above - below)
-        wins += float(scores[positive].sum())
-        triples += int((positive.sum(axis=1) * negative.sum(axis=1)).sum())
-    if not triples:
-        raise ValueError("no (anchor, positive, negative) triple: need two videos, one of them "
-                         "with at least two clips")
-    return wins / triples
-
-
-def nearest_neighbour_accuracy(features: np.ndarray, video_ids: np.ndarray,
-                               block: int = RETRIEVAL_BLOCK) -> float:
-    """Fraction of clips whose nearest other clip (cosine similarity, the clip itself
-    excluded) comes from the same video. Clips that are alone in their video are left out
-    (nothing could be retrieved for them)."""
-    unit = _unit_rows(features)
-    ids = np.asarray(video_ids)
-    if len(ids) != len(unit):
-        raise ValueError(f"{len(unit)} feature rows but {len(ids)} video ids")
-    _, index, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    has_positive = counts[index] > 1
-    if not has_positive.any() or len(counts) < 2:
-        raise ValueError("need two videos, one of them with at least two clips")
-    hits = np.zeros(len(ids), bool)
-    for start in range(0, len(unit), block):
-        similarity = unit[start:start + block] @ unit.T
-        rows = np.arange(similarity.shape[0])
-        similarity[rows, rows + start] = -np.inf
-        hits[start:start + block] = ids[np.argmax(similarity, axis=1)] == ids[start:start + block]
-    return float(hits[has_positive].mean())
-
-
-def retrieval_metrics(features: np.ndarray, video_ids: np.ndarray) -> dict[str, float]:
-    """Both retrieval checks of one endpoint's clip features, rounded for reports."""
-    return {"triplet": round(triplet_retrieval_accuracy(features, video_ids), 4),
-            "nearest_neighbour": round(nearest_neighbour_accuracy(features, video_ids), 4)}
 
 
 # --- clips and features ----------------------------------------------------------------------
@@ -348,14 +267,14 @@ def _json_result(result: VideoProbeResult) -> dict[str, Any]:
             "nearest_neighbour": result.nearest_neighbour}
 
 
-def _write_json(path: Path, results: dict[str, Any]) -> None:
+def write_json(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(path)
 
 
-def _clip_settings(run_config: dict[str, Any]) -> dict[str, int]:
+def clip_settings(run_config: dict[str, Any]) -> dict[str, int]:
     """The run's clip geometry (a VideoTaskConfig's fields)."""
     return {"frame_size": run_config.get("frame_size", run_config["image_size"]),
             "image_size": run_config["image_size"],
@@ -391,12 +310,12 @@ def evaluate_video_linear(model_dir: str | Path, *, train_examples: int | None =
     source = open_video_source(run_config["dataset"], data_dir)
     random_init = build_encoder(run_config, seed)
     classifier = classifier or LinearClassifierConfig()
-    clip_settings = _clip_settings(run_config)
+    geometry = clip_settings(run_config)
     results: dict[str, Any] = {
         "protocol": {
             "name": "video_linear", "dataset": run_config["dataset"], "train_split": "train",
             "eval_split": source.eval_split, "train_videos": train_examples,
-            "test_videos": test_examples, "clips_per_video": clips_per_video, **clip_settings,
+            "test_videos": test_examples, "clips_per_video": clips_per_video, **geometry,
             "pool_size": pool_size, "seed": seed, "standardize": True,
             "steps": classifier.steps, "learning_rate": classifier.learning_rate,
             "weight_decays": list(classifier.weight_decays),
@@ -415,7 +334,7 @@ def evaluate_video_linear(model_dir: str | Path, *, train_examples: int | None =
 
     log("-- probing the trained and the random-init video encoder")
     probes = video_probe_results(
-        both_encoders, source, **clip_settings, clips_per_video=clips_per_video,
+        both_encoders, source, **geometry, clips_per_video=clips_per_video,
         train_videos=train_examples, test_videos=test_examples, seed=seed,
         pool_size=pool_size, classifier=classifier, batch_size=batch_size, log=log)
     for key in encoders:
@@ -429,7 +348,7 @@ def evaluate_video_linear(model_dir: str | Path, *, train_examples: int | None =
     from selfsup.tasks.linear_eval import RESULTS_FILE
 
     path = model_dir / "eval" / RESULTS_FILE
-    _write_json(path, results)
+    write_json(path, results)
     log(f"wrote {path} ({results['seconds']:.0f} s)")
     return results
 
@@ -464,133 +383,4 @@ def format_video_table(results: dict[str, Any]) -> str:
         for field in ("triplet_retrieval", "nearest_neighbour"):
             row += "".join(f"{results[key][name][field]:>22.3f}" for key, _ in COLUMNS)
         lines.append(row)
-    return "\n".join(lines)
-
-
-# --- fine-tuning (action recognition) --------------------------------------------------------
-
-
-class _LineLog(io.TextIOBase):
-    """A text stream that hands each complete line to ``log`` (the trainer's progress)."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        super().__init__()
-        self._log, self._partial = log, ""
-
-    def write(self, text: str) -> int:
-        *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            if line:
-                self._log(line)
-        return len(text)
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
-    """How ``selfsup-eval --protocol=finetune`` trains (see :func:`evaluate_finetune`)."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    encoder_learning_rate_scale: float = 1.0
-    dropout: float = 0.0
-    clips_per_video: int = DEFAULT_CLIPS_PER_VIDEO
-    from_scratch: bool = True
-    dataset: str | None = None  # None: the pretrained run's
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "clips_per_video"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"finetune {name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"finetune learning_rate must be positive, got "
-                              f"{self.learning_rate}")
-
-
-def evaluate_finetune(model_dir: str | Path, settings: FinetuneSettings = FinetuneSettings(),
-                      *, test_examples: int | None = None, seed: int = 0,
-                      data_dir: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                      log: Callable[[str], None] = logging.info) -> dict[str, Any]:
-    """Fine-tunes the video run in ``model_dir`` for action recognition and reports.
-
-    Trains ``action_recognition`` (same backbone, clip geometry and dataset unless
-    ``settings.dataset``) from the run's encoder into ``<model_dir>/eval/finetune/trained``
-    and, with ``settings.from_scratch``, from random init into ``.../random_init`` (the same
-    seed, so the heads start equal); each resumes if its dir holds a finished run. Then scores
-    clip- and video-level top-1 on the eval split (``test_examples``: a seeded subset of its
-    videos, as the linear probe's) and writes ``<model_dir>/eval/finetune.json``.
-    """
-    from selfsup.datasets.video_sources import is_video_dataset, open_video_source
-    from selfsup.tasks.action_recognition import (
-        ActionRecognitionConfig,
-        ActionRecognitionTask,
-        restore_model,
-    )
-    from selfsup.tasks.checkpoints import latest_checkpoint, read_run_config
-    from selfsup.tasks.linear_probe import seeded_subset
-    from selfsup.tasks.trainer import TrainerConfig
-    from selfsup.tasks.training import run_training
-
-    model_dir = Path(model_dir)
-    start = time.perf_counter()
-    run_config = read_run_config(model_dir)
-    dataset = settings.dataset or run_config["dataset"]
-    data_dir = data_dir if data_dir is not None else run_config.get("data_dir")
-    if not is_video_dataset(dataset, data_dir):
-        raise ConfigError(f"the finetune protocol fine-tunes video encoders on a labelled video "
-                          f"dataset; {dataset!r} is not one")
-    checkpoint = latest_checkpoint(model_dir)
-    source = open_video_source(dataset, data_dir)
-    test_videos = seeded_subset(source.num_videos(source.eval_split), test_examples, seed + 1)
-    clip_settings = _clip_settings(run_config)
-    results: dict[str, Any] = {
-        "protocol": {**dataclasses.asdict(settings), "name": "finetune", "dataset": dataset,
-                     "seed": seed, "test_videos": test_examples, **clip_settings},
-        "model_dir": str(model_dir), "checkpoint": checkpoint, "task": run_config.get("task"),
-        "backbone": run_config.get("backbone"),
-    }
-    runs = [("trained", str(model_dir))] + ([("random_init", None)]
-                                            if settings.from_scratch else [])
-    for key, init_from in runs:
-        config = ActionRecognitionConfig(
-            backbone=run_config["backbone"], backbone_kwargs=run_config.get("backbone_kwargs")
-            or {}, dataset=dataset, data_dir=data_dir, global_batch_size=settings.batch_size,
-            seed=seed, init_from=init_from,
-            encoder_learning_rate_scale=settings.encoder_learning_rate_scale,
-            dropout=settings.dropout, eval_clips_per_video=settings.clips_per_video,
-            **clip_settings)
-        trainer = TrainerConfig(
-            model_dir=str(model_dir / "eval" / FINETUNE_DIR / key), train_steps=settings.steps,
-            learning_rate=settings.learning_rate, optimizer=settings.optimizer,
-            weight_decay=settings.weight_decay, log_every=max(settings.steps // 10, 1),
-            checkpoint_every=settings.steps)
-        start_from = "the trained encoder" if init_from else "random init"
-        log(f"-- fine-tuning action_recognition from {start_from} into {trainer.model_dir}")
-        logs = run_training("action_recognition", config, trainer, "one_device",
-                            out=_LineLog(log))
-        task = ActionRecognitionTask(config)
-        model = restore_model(task, trainer.model_dir)
-        scores = task.evaluate(model, videos=test_videos, batch_size=batch_size, log=log)
-        log(f"fine-tuned ({key}): clip top-1 {scores['clip_top1']:.2f}%, video top-1 "
-            f"{scores['video_top1']:.2f}%")
-        results[key] = {**scores, "final_loss": logs.get("loss"), "model_dir": trainer.model_dir}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    path = model_dir / "eval" / FINETUNE_RESULTS_FILE
-    _write_json(path, results)
-    log(f"wrote {path} ({results['seconds']:.0f} s)")
-    return results
-
-
-def format_finetune_table(results: dict[str, Any]) -> str:
-    """The fine-tuning results as text: clip / video top-1 per starting point."""
-    protocol = results["protocol"]
-    lines = [f"action recognition after {protocol['steps']} fine-tuning steps on "
-             f"{protocol['dataset']} (top-1 %, {protocol['clips_per_video']} clips per video)",
-             f"{'start':<14}{'clip':>10}{'video':>10}"]
-    for key, label in COLUMNS:
-        if key in results:
-            lines.append(f"{label:<14}{results[key]['clip_top1']:>10.2f}"
-                         f"{results[key]['video_top1']:>10.2f}")
     return "\n".join(lines)

@@ -13,15 +13,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import VIDEO_TINY
+from selfsup.tasks.clip_retrieval import nearest_neighbour_accuracy, triplet_retrieval_accuracy
 from selfsup.tasks.features import flatten_endpoint
-from selfsup.tasks.video_eval import (
-    clip_top1,
-    nearest_neighbour_accuracy,
-    softmax,
-    triplet_retrieval_accuracy,
-    video_probabilities,
-    video_top1,
-)
+from selfsup.tasks.video_eval import clip_top1, softmax, video_probabilities, video_top1
 
 # --- clip → video ----------------------------------------------------------------------------
 
@@ -258,7 +252,7 @@ def test_classify_clips_matches_a_numpy_loop_over_the_videos():
 def test_finetune_protocol_refuses_an_image_run(tmp_path):
     from selfsup.models.registry import ConfigError
     from selfsup.tasks.checkpoints import RUN_CONFIG_FILE
-    from selfsup.tasks.video_eval import FinetuneSettings, evaluate_finetune
+    from selfsup.tasks.video_finetune import FinetuneSettings, evaluate_finetune
 
     (tmp_path / RUN_CONFIG_FILE).write_text(json.dumps(
         {"task": "rotnet", "backbone": "resnet_small", "dataset": "fashion_mnist",

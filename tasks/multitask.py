@@ -23,14 +23,17 @@ import tensorflow as tf
 
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, Task, TaskConfig, parse_task_params, task_class
+from selfsup.tasks.video_base import VideoTask
 
 MULTITASK = "multitask"
 
 
 def shareable_task_names() -> list[str]:
-    """Registered tasks whose class can share an encoder inside ``multitask``."""
+    """Registered image tasks whose class can share an encoder inside ``multitask`` (its
+    config is an image config: video tasks are not sub-tasks)."""
     return [name for name in TASKS.names()
-            if name != MULTITASK and task_class(name).shares_backbone]
+            if name != MULTITASK and task_class(name).shares_backbone
+            and not issubclass(task_class(name), VideoTask)]
 
 
 def multitask_params(task: str, subtasks: list[str] | None, weights: list[str] | None
@@ -81,8 +84,9 @@ class MultiTaskConfig(TaskConfig):
             return ConfigError(f"task {name!r} cannot share its encoder in multitask; sub-tasks "
                                f"that can: {', '.join(shareable_task_names())}")
 
-        if MULTITASK in self.subtasks:
-            raise refuse(MULTITASK)
+        for name in self.subtasks:
+            if name == MULTITASK or issubclass(task_class(name), VideoTask):
+                raise refuse(name)
         tasks = [task_class(name)(config)
                  for name, config in zip(self.subtasks, self.subtask_configs(), strict=True)]
         for name, task in zip(self.subtasks, tasks, strict=True):

@@ -213,8 +213,9 @@ def video_probe_results(encoder: keras.Model | Callable, source, *, frame_size: 
     num_classes = source.num_classes
     if num_classes is None:
         raise ConfigError(f"video dataset {source.name!r} has no class labels to probe with")
-    if clips_per_video < 1:
-        raise ConfigError(f"clips_per_video must be positive, got {clips_per_video}")
+    if clips_per_video < 2:
+        raise ConfigError(f"clips_per_video must be at least 2 (clip retrieval compares clips "
+                          f"of one video), got {clips_per_video}")
     splits = {}
     for role, split, count in (("train", "train", train_videos),
                                ("test", source.eval_split, test_videos)):

@@ -71,9 +71,11 @@ def test_loss_is_the_weighted_sum_of_the_subtask_losses_computed_alone():
 
 
 def test_config_refuses_tasks_that_cannot_share_and_bad_weights():
-    assert {"rotnet", "jigsaw", "relative_position", "counting", "simclr"} <= set(
-        shareable_task_names())
-    for name in ("moco", "cmc", "cpc", "deepcluster", "multitask"):
+    shareable = set(shareable_task_names())
+    assert {"rotnet", "jigsaw", "relative_position", "counting", "simclr"} <= shareable
+    # The multitask config is an image config: video tasks are not sub-tasks.
+    assert not shareable & {"rotnet3d", "vcop", "video_simclr", "action_recognition"}
+    for name in ("moco", "cmc", "cpc", "deepcluster", "multitask", "rotnet3d", "vcop"):
         with pytest.raises(ConfigError, match=f"task '{name}' cannot share"):
             MultiTaskConfig(subtasks=("rotnet", name))
     with pytest.raises(ConfigError, match="unknown task 'nosuch'"):

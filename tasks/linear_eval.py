@@ -42,8 +42,11 @@ def validate_settings(model_dir: str | None, protocol: str = "linear",
         raise ConfigError(f"test_examples must be positive, got {test_examples}")
     if pool_size < 1:
         raise ConfigError(f"pool_size must be positive, got {pool_size}")
-    if clips_per_video is not None and clips_per_video < 1:
-        raise ConfigError(f"clips_per_video must be positive, got {clips_per_video}")
+    # The linear protocol's clip retrieval compares clips of one video: at least 2 per video.
+    fewest_clips = 2 if protocol == "linear" else 1
+    if clips_per_video is not None and clips_per_video < fewest_clips:
+        raise ConfigError(f"clips_per_video must be at least {fewest_clips} for the {protocol} "
+                          f"protocol, got {clips_per_video}")
     path = Path(model_dir)
     if not path.is_dir():
         raise ConfigError(f"model dir {model_dir} does not exist")

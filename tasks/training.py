@@ -21,6 +21,7 @@ from selfsup.tasks.base import TaskConfig, task_class
 from selfsup.tasks.checkpoints import RUN_CONFIG_FILE, read_run_config, write_run_config
 from selfsup.tasks.strategies import make_strategy
 from selfsup.tasks.trainer import Trainer, TrainerConfig
+from selfsup.tasks.video_base import check_task_modality
 
 # Settings that must not change when a run is resumed in the same model dir (besides every
 # task-specific setting, which may shape the model or the pseudo-labels).
@@ -67,8 +68,6 @@ def run_training(task_name: str, task_config: TaskConfig, trainer_config: Traine
     BACKBONES.get(task_config.backbone)
     if not isinstance(task_config, cls.config_class):
         raise ConfigError(f"task {task_name!r} needs a {cls.config_class.__name__}")
-    from selfsup.tasks.video_base import check_task_modality
-
     check_task_modality(cls, task_config)
     model_dir = ensure_writable_dir(trainer_config.model_dir)
     check_resume_compatible(model_dir, task_name, task_config)

@@ -310,3 +310,15 @@ def test_short_contrastive_pretrain_against_random_init_in_clip_retrieval(tmp_pa
     trained, random_init = results["trained"]["pool"], results["random_init"]["pool"]
     assert trained["triplet_retrieval"] > random_init["triplet_retrieval"], (trained,
                                                                               random_init)
+
+
+def test_the_linear_protocol_needs_two_clips_per_video_for_retrieval(tmp_path):
+    from selfsup.models.registry import ConfigError
+    from selfsup.tasks.linear_eval import validate_settings
+
+    with pytest.raises(ConfigError, match="clips_per_video must be at least 2 for the linear"):
+        validate_settings(str(tmp_path), "linear", clips_per_video=1)
+    with pytest.raises(ConfigError, match="at least 1 for the finetune protocol"):
+        validate_settings(str(tmp_path), "finetune", clips_per_video=0)
+    # One clip per video is a valid fine-tuning evaluation (no retrieval there).
+    assert validate_settings(str(tmp_path), "finetune", clips_per_video=1) == tmp_path

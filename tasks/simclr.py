@@ -67,6 +67,13 @@ class SimCLRConfig(TaskConfig):
             raise ConfigError(f"color_strength must not be negative, got {self.color_strength}")
 
 
+def projection_head(config: SimCLRConfig) -> MLPHead:
+    """SimCLR's projection g(·) on the pooled features, as ``config`` sets it (named "head")."""
+    return MLPHead(config.projection_hidden_units, config.projection_dim,
+                   batch_norm=config.projection_batch_norm,
+                   synchronized_bn=config.synchronized_bn, name="head")
+
+
 def view_pair_inputs(task: Task, augmentation: ViewAugmentation,
                      input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
     """Per-replica ``(view_a, view_b)`` batches of the task's training images.
@@ -102,11 +109,7 @@ class SimCLRTask(Task):
                                    blur_probability=config.blur_probability)
 
     def build_model(self) -> PretextModel:
-        config = self.config
-        head = MLPHead(config.projection_hidden_units, config.projection_dim,
-                              batch_norm=config.projection_batch_norm,
-                              synchronized_bn=config.synchronized_bn, name="head")
-        return PretextModel(self.build_backbone(), head, name="simclr")
+        return PretextModel(self.build_backbone(), projection_head(self.config), name="simclr")
 
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:

@@ -48,11 +48,10 @@ import tensorflow as tf
 
 from selfsup.datasets import augment
 from selfsup.datasets.augment import ViewAugmentation, simclr_augmentation
-from selfsup.models.heads import MLPHead
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TASKS, PretextModel
 from selfsup.tasks.contrastive import nt_xent
-from selfsup.tasks.simclr import SimCLRConfig
+from selfsup.tasks.simclr import SimCLRConfig, projection_head
 from selfsup.tasks.video_base import VideoTask, VideoTaskConfig
 
 CVRL_TEMPERATURE = 0.1  # Qian et al. 2021 (implementation details)
@@ -175,11 +174,8 @@ class VideoSimCLRTask(VideoTask):
                                    blur_probability=config.blur_probability)
 
     def build_model(self) -> PretextModel:
-        config = self.config
-        head = MLPHead(config.projection_hidden_units, config.projection_dim,
-                       batch_norm=config.projection_batch_norm,
-                       synchronized_bn=config.synchronized_bn, name="head")
-        return PretextModel(self.build_backbone(), head, name="video_simclr")
+        return PretextModel(self.build_backbone(), projection_head(self.config),
+                            name="video_simclr")
 
     def build_inputs(self, input_context: tf.distribute.InputContext | None = None
                      ) -> tf.data.Dataset:

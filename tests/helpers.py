@@ -228,6 +228,15 @@ def losses_on_one_batch(task, steps: int = 12, learning_rate: float = 0.05) -> l
     return [float(step(batch)["loss"]) for _ in range(steps)]
 
 
+def seeded_first_batch(task):
+    """The first batch of ``task``'s input pipeline with every seed set to 0, so a test sees
+    the same clips whichever tests ran before it in the same process."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return next(iter(task.build_inputs()))
+
+
 def eager_losses_on_batch(task, batch, steps: int, learning_rate: float) -> list[float]:
     """Losses of ``steps`` eager SGD (momentum 0.9) steps of ``task`` on one fixed ``batch``:
     :func:`losses_on_one_batch` without building the input pipeline again and without

@@ -9,6 +9,7 @@ from helpers import (
     assert_two_replicas_match_one_device,
     eager_losses_on_batch,
     initial_weights,
+    seeded_first_batch,
 )
 from selfsup.datasets import clips as clip_sampling
 from selfsup.datasets.augment import ViewAugmentation
@@ -108,13 +109,14 @@ def test_the_two_views_are_two_windows_of_the_same_video():
 def test_loss_falls_on_real_clip_pairs():
     task = VideoSimCLRTask(VideoSimCLRConfig(global_batch_size=4, synchronized_bn=False,
                                              **VIDEO_TINY))
-    batch = next(iter(task.build_inputs()))
+    batch = seeded_first_batch(task)
     view_a, view_b = batch
     assert view_a.shape == view_b.shape == (4, 8, 32, 32, 3)
     assert 0.0 <= float(tf.reduce_min(view_a)) and float(tf.reduce_max(view_b)) <= 1.0
-    losses = eager_losses_on_batch(task, batch, steps=8, learning_rate=0.05)
-    # 2N − 1 = 7 candidates per anchor: log 7 ≈ 1.95 at equal scores.
-    assert losses[0] > 1.0 and losses[-1] < losses[0] - 0.5, losses
+    losses = eager_losses_on_batch(task, batch, steps=8, learning_rate=0.02)
+    # The first loss depends on the batch (0.9–4.4 over pipeline seeds 0–4 at random init;
+    # log 7 ≈ 1.95 at equal scores); in every case it halves within 8 steps.
+    assert min(losses[-3:]) < 0.5 * losses[0], losses
 
 
 def test_two_replicas_match_one_device_at_the_train_step(two_replica_strategy):

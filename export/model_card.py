@@ -20,23 +20,25 @@ IMAGE_INPUT = {
     "hub_call": "float32 [batch, height, width, 3], RGB in [0, 1], any height/width",
     "serving_default": "uint8 [batch, height, width, 3] 'images', RGB in [0, 255]",
     "serving_bytes": "string [batch] 'image_bytes', encoded PNG/JPEG/GIF/BMP",
+    "representation": "uint8 [batch, height, width, 3] 'images', RGB in [0, 255]",
 }
 VIDEO_INPUT = {
     "hub_call": "float32 [batch, time, height, width, 3], RGB clips in [0, 1], any length/size",
     "serving_default": "uint8 [batch, time, height, width, 3] 'frames', RGB in [0, 255]",
+    "representation": "uint8 [batch, time, height, width, 3] 'frames', RGB in [0, 255]",
 }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """``value`` with tuples as lists and anything JSON cannot hold as its ``str``."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if hasattr(value, "item"):  # numpy scalars
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return str(value)
 
 
@@ -48,11 +50,15 @@ def build_model_card(
     metadata: dict[str, Any],
     backbone_config: dict[str, Any] | None = None,
     video: bool = False,
+    endpoint_shapes: dict[str, list] | None = None,
 ) -> dict[str, Any]:
     """The card as a dict: identity, input/output contract, signatures, and ``metadata``
-    (``video``: the encoder takes clips)."""
+    (``video``: the encoder takes clips). ``endpoint_shapes`` (name → ``[None, ...]`` at the
+    image size, encoder order) documents ``endpoints`` and the ``representation`` signature:
+    ``representation`` maps each name to ``[None, channels]``."""
+    endpoint_shapes = endpoint_shapes or {}
     known = ("task", "backbone", "dataset", "metrics")
-    return _jsonable({
+    return jsonable({
         "model_name": model_name,
         "version": version,
         "hub_task": HUB_VIDEO_TASK if video else HUB_TASK,
@@ -68,6 +74,8 @@ def build_model_card(
             "value_range": [0.0, 1.0],
         },
         "output": {"name": "features", "dtype": "float32", "shape": [None, num_features]},
+        "endpoints": [{"name": name, "shape": list(shape), "representation": [None, shape[-1]]}
+                      for name, shape in endpoint_shapes.items()],
         "backbone_config": backbone_config or {},
         "metadata": {k: v for k, v in metadata.items() if k not in known},
     })
@@ -95,9 +103,15 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- `serving_default`: {card['input']['serving_default']} → `features`.",
         *([f"- `serving_bytes`: {card['input']['serving_bytes']} → `features`."]
           if "serving_bytes" in card["input"] else []),
+        *([f"- `representation`: {card['input']['representation']} → every endpoint "
+           "below, global-average-pooled to `[batch, channels]`."]
+          if "representation" in card["input"] else []),
+        "- `endpoints(images, training=False)`: the Hub `__call__` input → every endpoint "
+        "below, unpooled (float32).",
         f"- Serving signatures resize to {card['input']['image_size'][0]}×"
         f"{card['input']['image_size'][1]}.",
         "",
+        *_endpoint_table(card),
         "## Metrics",
         "",
     ]
@@ -108,6 +122,28 @@ def card_markdown(card: dict[str, Any]) -> str:
     else:
         lines.append("None recorded." if not metrics else f"{metrics}")
     return "\n".join(lines) + "\n"
+
+
+def _endpoint_table(card: dict[str, Any]) -> list[str]:
+    """Markdown lines of the endpoints section (empty when the card lists none)."""
+    endpoints = card.get("endpoints") or []
+    if not endpoints:
+        return []
+    height, width = card["input"]["image_size"]
+    lines = ["## Endpoints", "",
+             f"In encoder order; `endpoints` shapes for {height}×{width} inputs.", "",
+             "| name | `endpoints` shape | `representation` shape |", "|---|---|---|"]
+    lines += [f"| {e['name']} | {_shape(e['shape'])} | {_shape(e['representation'])} |"
+              for e in endpoints]
+    return [*lines, ""]
+
+
+def _shape(shape: list) -> str:
+    """``[None, None, 7, 7, 64]`` as ``[batch, time, 7, 7, 64]`` (only clips have a second
+    unknown dimension)."""
+    names = ("batch", "time")
+    return "[" + ", ".join(names[min(i, 1)] if d is None else str(d)
+                           for i, d in enumerate(shape)) + "]"
 
 
 def write_model_card(version_dir: str | pathlib.Path, card: dict[str, Any]) -> pathlib.Path:

@@ -10,19 +10,36 @@ restore under the TF1 loader used by ``saved_model_cli`` and TF Serving). The Sa
   plus ``variables``, ``trainable_variables`` and ``regularization_losses``;
 * ``serving_default``: uint8 ``images`` ``[batch, height, width, 3]`` → ``{"features"}``;
 * ``serving_bytes``: encoded images ``image_bytes`` ``[batch]`` → ``{"features"}``;
+* ``representation``: uint8 ``images`` as ``serving_default`` → every backbone endpoint
+  global-average-pooled to ``[batch, channels]``, one output per endpoint name;
 
-both serving signatures resize to the training image size when the input size differs.
+the serving signatures resize to the training image size when the input size differs.
+
+For evaluation (``selfsup-eval --saved_model``) the module also has ``endpoints(images,
+training=False)``: float32 images in [0, 1] of any size (not resized, like ``__call__``) → the
+backbone's raw endpoint dict (``[batch, h, w, c]`` maps and the ``[batch, features]`` ``pool``,
+float32, unpooled), traced for inference only. A loaded ``endpoints`` returns its dict with keys
+sorted (SavedModel stores dicts that way); the encoder order is in the metadata asset
+``assets/selfsup_encoder.json`` (object attribute ``encoder_info``, a ``tf.saved_model.Asset``):
+``{"format": "selfsup_encoder", "version": 1, "task", "backbone", "backbone_kwargs", "dataset",
+"image_size": [h, w], "video": bool, "clip_length", "endpoints": [names in encoder order],
+"endpoint_shapes": {name: [null, ...] at image_size}}`` (batch and, for video, time as
+null). The same names and shapes are in the model card.
 
 Video encoders (backbones taking ``[batch, time, height, width, 3]`` clips) export as a video
 feature vector (:class:`HubVideoEncoderModule`): ``__call__`` on float32 clips in [0, 1] of any
 length and size → ``[batch, features]``, and ``serving_default`` on uint8 ``frames``
-``[batch, time, height, width, 3]`` → ``{"features"}``, frames resized to the training size.
+``[batch, time, height, width, 3]`` → ``{"features"}``, frames resized to the training size;
+its ``endpoints`` take float32 clips and its ``representation`` uint8 ``frames`` (video endpoints
+are averaged over time and space).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import tempfile
 from typing import Any
 
 import keras
@@ -30,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from selfsup.export.layout import atomic_version_dir
-from selfsup.export.model_card import build_model_card, write_model_card
+from selfsup.export.model_card import build_model_card, jsonable, write_model_card
 from selfsup.models.backbone import FEATURE_ENDPOINT, variable_map
 
 SERVING_DEFAULT = "serving_default"
@@ -39,6 +56,12 @@ IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
 FRAMES_INPUT = "frames"
 FEATURES_OUTPUT = "features"
+REPRESENTATION = "representation"
+# The evaluator's metadata: an asset of the SavedModel, reachable as ``<object>.encoder_info``.
+ENCODER_INFO_FILE = "selfsup_encoder.json"
+ENCODER_INFO_ATTRIBUTE = "encoder_info"
+ENCODER_INFO_FORMAT = "selfsup_encoder"
+ENCODER_INFO_VERSION = 1
 
 _HUB_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)
 _HUB_CLIPS = tf.TensorSpec([None, None, None, None, 3], tf.float32, name=FRAMES_INPUT)
@@ -85,7 +108,8 @@ class _Forward:
                                           trainable=variable.trainable)
                 for path, variable in variable_map(backbone).items()}
 
-    def __call__(self, images: tf.Tensor, training: bool) -> tf.Tensor:
+    def __call__(self, images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+        """Every endpoint of the backbone (float32), in the backbone's order."""
         variables = self.backbone.variables
         mapping = [(v, self.copies[id(v)]) for v in variables]
         with keras.StatelessScope(state_mapping=mapping) as scope:
@@ -98,14 +122,28 @@ class _Forward:
             if scope.get_current_value(v) is not old
         ]
         with tf.control_dependencies(updates):
-            return tf.cast(outputs[FEATURE_ENDPOINT], tf.float32)
+            return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+
+def global_average(endpoint: tf.Tensor) -> tf.Tensor:
+    """``[batch, ..., channels]`` → ``[batch, channels]``: the mean over every axis between
+    (space, and time for video endpoints); a ``[batch, features]`` vector is returned as is."""
+    rank = endpoint.shape.rank
+    if rank is None or rank < 2:
+        raise ValueError(f"cannot pool an endpoint of shape {endpoint.shape}")
+    return endpoint if rank == 2 else tf.reduce_mean(endpoint, axis=list(range(1, rank - 1)))
 
 
 class _HubModule(tf.Module):
     """The Hub reusable-SavedModel part shared by image and video exports: ``__call__``
     traced for both training modes, ``variables``, ``trainable_variables``,
-    ``regularization_losses``. Subclasses add their serving functions (every tf.function with
-    an input signature on the module is saved, so each export holds only its own)."""
+    ``regularization_losses``, and ``endpoints`` (inference only). Subclasses add their serving
+    functions (every tf.function with an input signature on the module is saved, so each export
+    holds only its own).
+
+    The backbone is traced twice: for training (``__call__(training=True)``) and for inference
+    (``endpoints``); every inference function calls that one inference trace.
+    """
 
     # tf.Module computes these as properties; the Hub convention needs saved attributes.
     variables = None
@@ -125,32 +163,65 @@ class _HubModule(tf.Module):
             raise ValueError(f"endpoint {FEATURE_ENDPOINT!r} must be [batch, num_features]")
         self.num_features = int(probe[FEATURE_ENDPOINT].shape[-1])
         self._forward = _Forward(backbone)
+        # Endpoint name → shape at the export image size, in encoder order (batch, and time
+        # for clips, as None); kept on the plain holder so it stays out of the saved graph.
+        self._forward.endpoint_shapes = {name: self._documented_shape(value.shape)
+                                         for name, value in probe.items()}
         self.variables = list(self._forward.copies.values())
         self.trainable_variables = [v for v in self.variables if v.trainable]
         self.regularization_losses = []
+        self.endpoints.get_concrete_function(self.hub_input_spec, training=False)
         for training in (False, True):
             self.__call__.get_concrete_function(self.hub_input_spec, training=training)
+
+    @property
+    def endpoint_shapes(self) -> dict[str, list[int | None]]:
+        """Endpoint name → ``[None, ...]`` shape at the export image size, encoder order."""
+        return self._forward.endpoint_shapes
 
     def _example_input(self) -> np.ndarray:
         return np.zeros((1, *self._image_size, 3), np.float32)
 
+    def _documented_shape(self, shape: tf.TensorShape) -> list[int | None]:
+        return [None, *(int(d) for d in shape[1:])]
+
+    def _infer(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The inference trace of ``endpoints`` (called, not traced again, inside other
+        functions)."""
+        inference = self.endpoints.get_concrete_function(self.hub_input_spec, training=False)
+        return inference(images)
+
+    @tf.function
+    def endpoints(self, images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        """float32 RGB in [0, 1], any size → every backbone endpoint (float32, unpooled)."""
+        return self._forward(images, training=training)
+
     @tf.function
     def __call__(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Hub API: float32 RGB in [0, 1], any size → ``[batch, num_features]``."""
-        return self._forward(images, training=training)
+        if training:
+            return self._forward(images, training=True)[FEATURE_ENDPOINT]
+        return self._infer(images)[FEATURE_ENDPOINT]
+
+    def _representation(self, uint8_images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 images (or clips) → every endpoint global-average-pooled, resized to the
+        export image size first."""
+        floats = tf.cast(uint8_images, tf.float32) / 255.0
+        endpoints = self._infer(_resize_if_needed(floats, self._image_size))
+        return {name: global_average(value) for name, value in endpoints.items()}
 
 
 class HubEncoderModule(_HubModule):
-    """The exported object of an image encoder: Hub ``__call__`` API plus the two TF Serving
-    signatures."""
+    """The exported object of an image encoder: Hub ``__call__`` API, ``endpoints``, and the
+    TF Serving signatures ``serving_default``, ``serving_bytes`` and ``representation``."""
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
     def serve_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 RGB images → features, resized to the export image size."""
         floats = tf.cast(images, tf.float32) / 255.0
-        return {FEATURES_OUTPUT: self._forward(
-            _resize_if_needed(floats, self._image_size), training=False)}
+        return {FEATURES_OUTPUT: self._infer(
+            _resize_if_needed(floats, self._image_size))[FEATURE_ENDPOINT]}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -164,20 +235,28 @@ class HubEncoderModule(_HubModule):
         images = tf.map_fn(
             decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32)
         )
-        return {FEATURES_OUTPUT: self._forward(images, training=False)}
+        return {FEATURES_OUTPUT: self._infer(images)[FEATURE_ENDPOINT]}
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
+    def serve_representation(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 RGB images → ``{endpoint: [batch, channels]}`` global averages."""
+        return self._representation(images)
 
     def serving_signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """The signatures to save, with input names ``images`` and ``image_bytes``."""
         return {
             SERVING_DEFAULT: self.serve_images.get_concrete_function(),
             SERVING_BYTES: self.serve_bytes.get_concrete_function(),
+            REPRESENTATION: self.serve_representation.get_concrete_function(),
         }
 
 
 class HubVideoEncoderModule(_HubModule):
     """The exported object of a video encoder: Hub ``__call__`` on float32 clips ``[batch,
     time, height, width, 3]`` in [0, 1] (any length and size) and ``serving_default`` on uint8
-    ``frames``; both give ``[batch, num_features]``."""
+    ``frames``; both give ``[batch, num_features]``. ``endpoints`` takes float clips and
+    ``representation`` uint8 ``frames``."""
 
     hub_input_spec = _HUB_CLIPS
     # Frames of the example clip that builds and checks the backbone (any length works).
@@ -186,17 +265,30 @@ class HubVideoEncoderModule(_HubModule):
     def _example_input(self) -> np.ndarray:
         return np.zeros((1, self.EXAMPLE_FRAMES, *self._image_size, 3), np.float32)
 
+    def _documented_shape(self, shape: tf.TensorShape) -> list[int | None]:
+        # Endpoints [b, t, ...] have as many steps as the clip (or a fixed fraction of it).
+        if len(shape) == 2:
+            return [None, int(shape[1])]
+        return [None, None, *(int(d) for d in shape[2:])]
+
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, None, 3], tf.uint8, name=FRAMES_INPUT)])
     def serve_frames(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 RGB clips → features, frames resized to the export image size."""
         floats = tf.cast(frames, tf.float32) / 255.0
-        return {FEATURES_OUTPUT: self._forward(
-            _resize_if_needed(floats, self._image_size), training=False)}
+        return {FEATURES_OUTPUT: self._infer(
+            _resize_if_needed(floats, self._image_size))[FEATURE_ENDPOINT]}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, None, 3], tf.uint8, name=FRAMES_INPUT)])
+    def serve_representation(self, frames: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 RGB clips → ``{endpoint: [batch, channels]}`` averages over time and space."""
+        return self._representation(frames)
 
     def serving_signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        """The one serving signature, with input name ``frames``."""
-        return {SERVING_DEFAULT: self.serve_frames.get_concrete_function()}
+        """``serving_default`` and ``representation``, with input name ``frames``."""
+        return {SERVING_DEFAULT: self.serve_frames.get_concrete_function(),
+                REPRESENTATION: self.serve_representation.get_concrete_function()}
 
 
 def is_video_encoder(backbone: keras.Model) -> bool:
@@ -210,6 +302,20 @@ def _backbone_config(backbone: keras.Model) -> dict[str, Any]:
         return dict(backbone.get_config())
     except NotImplementedError:
         return {}
+
+
+def build_encoder_info(*, image_size: tuple[int, int], endpoint_shapes: dict[str, list],
+                       video: bool, metadata: dict[str, Any]) -> dict[str, Any]:
+    """``selfsup_encoder.json`` as a dict: format tag, training setup from ``metadata`` (None
+    where absent) and the endpoints in encoder order with their shapes at ``image_size``."""
+    return {
+        "format": ENCODER_INFO_FORMAT, "version": ENCODER_INFO_VERSION,
+        "task": metadata.get("task"), "backbone": metadata.get("backbone"),
+        "backbone_kwargs": metadata.get("backbone_kwargs") or {},
+        "dataset": metadata.get("dataset"), "image_size": list(image_size), "video": video,
+        "clip_length": metadata.get("clip_length") if video else None,
+        "endpoints": list(endpoint_shapes), "endpoint_shapes": endpoint_shapes,
+    }
 
 
 def export_encoder(
@@ -227,16 +333,25 @@ def export_encoder(
     an existing version raises :class:`~selfsup.export.layout.VersionExistsError` (a
     ValueError). The directory appears atomically and a failed export leaves nothing behind.
     ``metadata`` (task, backbone, dataset, metrics, ...) goes into the model card in
-    ``assets.extra/``.
+    ``assets.extra/``; task, backbone, backbone_kwargs, dataset and clip_length also go into
+    the metadata asset ``assets/selfsup_encoder.json``.
     """
     size = normalize_image_size(image_size)
-    with atomic_version_dir(export_dir, model_name, version) as (temp_dir, version):
+    with (atomic_version_dir(export_dir, model_name, version) as (temp_dir, version),
+          tempfile.TemporaryDirectory() as staging):
         video = is_video_encoder(backbone)
         module = (HubVideoEncoderModule if video else HubEncoderModule)(backbone, size)
+        info = build_encoder_info(image_size=size, endpoint_shapes=module.endpoint_shapes,
+                                  video=video, metadata=metadata)
+        info_path = pathlib.Path(staging) / ENCODER_INFO_FILE
+        info_path.write_text(json.dumps(jsonable(info), indent=2) + "\n")
+        # An asset is copied into <export>/assets/ and found again through the loaded object.
+        setattr(module, ENCODER_INFO_ATTRIBUTE, tf.saved_model.Asset(str(info_path)))
         tf.saved_model.save(module, str(temp_dir), signatures=module.serving_signatures())
         card = build_model_card(
             model_name, version, size, module.num_features, dict(metadata),
             backbone_config=_backbone_config(backbone), video=video,
+            endpoint_shapes=module.endpoint_shapes,
         )
         write_model_card(temp_dir, card)
     return pathlib.Path(export_dir) / model_name / str(version)

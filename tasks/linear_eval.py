@@ -9,17 +9,17 @@ architecture, probes every endpoint of both with the protocol of
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from selfsup.models.registry import ConfigError
 
-# linear: per-layer probes (images and video); finetune: action-recognition fine-tuning of a
-# video encoder (selfsup.tasks.video_finetune.evaluate_finetune).
-PROTOCOLS = ("linear", "finetune")
+# linear, knn, svm, lowshot: classifiers on frozen features per layer (linear also for video;
+# selfsup.tasks.frozen_eval); finetune: the whole encoder trained with a new head
+# (image: selfsup.tasks.image_finetune, video: selfsup.tasks.video_finetune); pictures: the
+# qualitative views (selfsup.tasks.eval_pictures).
+PROTOCOLS = ("linear", "knn", "svm", "lowshot", "finetune", "pictures")
 RESULTS_FILE = "linear_probe.json"
 COLUMNS = (("trained", "trained"), ("random_init", "random init"))
 
@@ -30,12 +30,14 @@ def print_progress(message: str) -> None:
 
 def validate_settings(model_dir: str | None, protocol: str = "linear",
                       train_examples: int = 10_000, test_examples: int | None = None,
-                      pool_size: int = 3, clips_per_video: int | None = None) -> Path:
-    """Checks every user setting before any work; returns the model dir as a Path."""
+                      pool_size: int = 3, clips_per_video: int | None = None, *,
+                      require_model_dir: bool = True) -> Path | None:
+    """Checks every user setting before any work; returns the model dir as a Path (None when
+    ``require_model_dir`` is off and there is none: a SavedModel is evaluated instead)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if not model_dir:
-        raise ConfigError("--model_dir is required")
+    if not model_dir and require_model_dir:
+        raise ConfigError("--model_dir (a run) or --saved_model (an export) is required")
     if train_examples < 1:
         raise ConfigError(f"train_examples must be positive, got {train_examples}")
     if test_examples is not None and test_examples < 1:
@@ -47,17 +49,12 @@ def validate_settings(model_dir: str | None, protocol: str = "linear",
     if clips_per_video is not None and clips_per_video < fewest_clips:
         raise ConfigError(f"clips_per_video must be at least {fewest_clips} for the {protocol} "
                           f"protocol, got {clips_per_video}")
+    if not model_dir:
+        return None
     path = Path(model_dir)
     if not path.is_dir():
         raise ConfigError(f"model dir {model_dir} does not exist")
     return path
-
-
-def _json_result(result: Any) -> dict[str, Any]:
-    validation = result.validation_top1
-    return {"top1": round(result.top1, 4), "weight_decay": result.weight_decay,
-            "validation_top1": None if math.isnan(validation) else round(validation, 4),
-            "num_features": result.num_features}
 
 
 def is_video_run(run_config: dict[str, Any], data_dir: str | None = None) -> bool:
@@ -71,13 +68,16 @@ def is_video_run(run_config: dict[str, Any], data_dir: str | None = None) -> boo
 def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
                     test_examples: int | None = None, pool_size: int = 3, seed: int = 0,
                     data_dir: str | None = None, clips_per_video: int | None = None,
+                    feature_dims: int | None = None,
+                    learning_rates: tuple[float, ...] | None = None, standardize: bool = True,
                     log: Callable[[str], None] = print_progress) -> dict[str, Any]:
     """Probes the trained and a random-init encoder of ``model_dir``; writes and returns the
     results (``<model_dir>/eval/linear_probe.json``).
 
     The result holds ``protocol`` (every setting), ``endpoints`` (in encoder order), per column
-    (``trained``, ``random_init``) endpoint → {top1 (%), weight_decay, validation_top1,
-    num_features}, and ``best``: column → best endpoint. A video run goes to the video protocol
+    (``trained``, ``random_init``) endpoint → {top1 (%), weight_decay, learning_rate,
+    validation_top1, num_features, pool_size}, and ``best``: column → best endpoint (see
+    :func:`selfsup.tasks.frozen_eval.evaluate_frozen`). A video run goes to the video protocol
     (:func:`selfsup.tasks.video_eval.evaluate_video_linear`: the examples count videos, each
     seen as ``clips_per_video`` clips; clip and video top-1 and clip retrieval per endpoint).
     """
@@ -92,57 +92,13 @@ def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
             model_dir, train_examples=train_examples, test_examples=test_examples,
             clips_per_video=clips_per_video or DEFAULT_CLIPS_PER_VIDEO, pool_size=pool_size,
             seed=seed, data_dir=data_dir, log=log)
-    from selfsup.datasets import open_source
-    from selfsup.tasks.checkpoints import build_encoder, latest_checkpoint, restore_encoder
-    from selfsup.tasks.linear_probe import LinearClassifierConfig, linear_probe_results
+    from selfsup.tasks.frozen_eval import FrozenEvalSettings, evaluate_run
 
-    start = time.perf_counter()
-    trained, run_config = restore_encoder(model_dir)
-    checkpoint = latest_checkpoint(model_dir)
-    data_dir = data_dir if data_dir is not None else run_config.get("data_dir")
-    source = open_source(run_config["dataset"], data_dir)
-    random_init = build_encoder(run_config, seed)
-    classifier = LinearClassifierConfig()
-    settings = dict(train_examples=train_examples, test_examples=test_examples,
-                    image_size=run_config["image_size"], seed=seed, pool_size=pool_size,
-                    classifier=classifier)
-    results: dict[str, Any] = {
-        "protocol": {
-            "name": "linear", "dataset": run_config["dataset"], "train_split": "train",
-            "eval_split": source.eval_split, "train_examples": train_examples,
-            "test_examples": test_examples, "image_size": run_config["image_size"],
-            "pool_size": pool_size, "seed": seed, "standardize": True,
-            "steps": classifier.steps, "learning_rate": classifier.learning_rate,
-            "weight_decays": list(classifier.weight_decays),
-            "validation_fraction": classifier.validation_fraction,
-        },
-        "model_dir": str(model_dir), "checkpoint": checkpoint, "task": run_config.get("task"),
-        "backbone": run_config.get("backbone"),
-    }
-    encoders = {"trained": trained, "random_init": random_init}
-
-    def both_encoders(images, training=False):
-        # One pass over the data feeds both encoders (the data reading is shared).
-        return {f"{key}/{name}": value for key, encoder in encoders.items()
-                for name, value in encoder(images, training=training).items()}
-
-    log("-- probing the trained and the random-init encoder")
-    probes = linear_probe_results(both_encoders, source, log=log, **settings)
-    for key in encoders:
-        results[key] = {name.split("/", 1)[1]: _json_result(result)
-                        for name, result in probes.items() if name.startswith(f"{key}/")}
-    results["endpoints"] = list(results["trained"])
-    results["best"] = {key: max(results[key], key=lambda name, k=key: results[k][name]["top1"])
-                       for key, _ in COLUMNS}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    out_dir = model_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
-    log(f"wrote {path} ({results['seconds']:.0f} s)")
-    return results
+    settings = FrozenEvalSettings(
+        protocol="linear", train_examples=train_examples, test_examples=test_examples,
+        pool_size=pool_size, feature_dims=feature_dims, seed=seed, standardize=standardize,
+        learning_rates=learning_rates)
+    return evaluate_run(model_dir, settings, data_dir=data_dir, log=log)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -152,19 +108,9 @@ def format_table(results: dict[str, Any]) -> str:
         from selfsup.tasks.video_eval import format_video_table
 
         return format_video_table(results)
-    header = (f"linear probe top-1 (%) on {protocol['dataset']} {protocol['eval_split']}: "
-              f"{protocol['train_examples']} train examples, features pooled to "
-              f"{protocol['pool_size']}×{protocol['pool_size']}")
-    lines = [header,
-             f"{'endpoint':<12}{'features':>9}" + "".join(f"{label:>14}" for _, label in COLUMNS)]
-    for name in results["endpoints"]:
-        row = f"{name:<12}{results['trained'][name]['num_features']:>9}"
-        for key, _ in COLUMNS:
-            mark = "*" if results["best"][key] == name else " "
-            row += f"{results[key][name]['top1']:>13.2f}{mark}"
-        lines.append(row)
-    lines.append("* best layer of each encoder")
-    return "\n".join(lines)
+    from selfsup.tasks.frozen_eval import format_frozen_table
+
+    return format_frozen_table(results)
 
 
 def probe_metrics(results: dict[str, Any]) -> dict[str, float]:

@@ -105,7 +105,7 @@ def test_hub_attributes(exported):
 def test_serving_signatures_match_keras(exported):
     backbone, path = exported
     loaded = tf.saved_model.load(str(path))
-    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes", "representation"}
     by_images = loaded.signatures["serving_default"]
     by_bytes = loaded.signatures["serving_bytes"]
     assert list(by_images.structured_input_signature[1]) == ["images"]

@@ -1,5 +1,6 @@
 """Video encoders export as video feature vectors: float clips through the Hub ``__call__``,
-uint8 frames through ``serving_default``, any clip length, model card says video."""
+uint8 frames through ``serving_default``, any clip length, model card says video; every
+endpoint through ``endpoints`` and, averaged over time and space, ``representation``."""
 
 import json
 
@@ -63,3 +64,29 @@ def test_model_card_says_video_feature_vector(exported):
     markdown = (path / "assets.extra" / "model_card.md").read_text()
     assert "<!-- task: video-feature-vector -->" in markdown
     assert markdown.count("serving_bytes") == 0
+
+
+def test_endpoints_and_representation_of_clips(exported):
+    encoder, path = exported
+    loaded = tf.saved_model.load(str(path))
+    clips = _clips(4, seed=2)
+    expected = encoder(clips, training=False)
+    got = loaded.endpoints(tf.constant(clips))
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name].numpy(), value.numpy(), atol=1e-5)
+    frames = np.round(clips * 255).astype(np.uint8)
+    pooled = loaded.signatures["representation"](frames=tf.constant(frames))
+    for name, value in encoder(frames / np.float32(255), training=False).items():
+        value = value.numpy().astype(np.float64)
+        # Independent reference: the mean over every frame and position, channel by channel.
+        reference = value if value.ndim == 2 else value.reshape(2, -1, value.shape[-1]).mean(1)
+        np.testing.assert_allclose(pooled[name].numpy(), reference, atol=1e-5)
+    info = json.loads((path / "assets" / "selfsup_encoder.json").read_text())
+    assert info["video"] is True and info["endpoints"] == list(expected)
+    # Batch and time depend on the input: documented as unknown; the rest at 32 px.
+    shapes = info["endpoint_shapes"]
+    assert shapes["pool"] == [None, 64]
+    maps = {name: value for name, value in expected.items() if value.ndim > 2}
+    assert maps and all(shapes[name] == [None, None, *value.shape[2:]]
+                        for name, value in maps.items())

@@ -1,5 +1,5 @@
 # The two commands of the README quick start, and what they are made of.
-.PHONY: setup demo demo-video test test-slow lint
+.PHONY: setup demo demo-video test test-slow lint zoo
 
 setup:
 	@bash scripts/setup.sh
@@ -23,3 +23,7 @@ test-slow: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+# The zoo results table (README "The zoo table"): every image task at one CPU budget, probed.
+zoo: setup
+	.venv/bin/selfsup-bench --out_dir=bench

@@ -67,6 +67,18 @@ def training_images(source: ImageSource, split: str, image_size: int, batch_size
     return dataset.map(to_float_rgb, num_parallel_calls=AUTOTUNE)
 
 
+def training_image_labels(source: ImageSource, split: str, image_size: int, batch_size: int,
+                          seed: int, input_context: tf.distribute.InputContext | None = None,
+                          shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+    """Endless, seeded-shuffled batches of ``(float RGB images, int64 labels)`` for supervised
+    training (:func:`training_images` with the labels kept)."""
+    dataset = raw_image_label_dataset(source, split, image_size, input_context)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
+    return dataset.map(lambda images, labels: (to_float_rgb(images), labels),
+                       num_parallel_calls=AUTOTUNE)
+
+
 def with_batch_seeds(batches: tf.data.Dataset, seed: int, stream: int = 0) -> tf.data.Dataset:
     """Pairs every batch with its own stateless seed ``[seed, stream · 2³² + batch index]``.
 

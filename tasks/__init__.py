@@ -25,6 +25,7 @@ from selfsup.tasks import (
     simclr,  # noqa: F401  (registers "simclr")
     split_brain,  # noqa: F401  (registers "split_brain")
     super_resolution,  # noqa: F401  (registers "super_resolution")
+    supervised,  # noqa: F401  (registers "supervised")
     vae,  # noqa: F401  (registers "vae")
     vcop,  # noqa: F401  (registers "vcop")
     video_prediction,  # noqa: F401  (registers "video_prediction")

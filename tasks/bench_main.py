@@ -1,6 +1,6 @@
 """``selfsup-bench``: the zoo results table (every image task at one CPU budget, probed).
 
-  selfsup-bench --out_dir=bench                       # every task, 180 s of training each
+  selfsup-bench --out_dir=bench                       # every task, 300 CPU-s of training each
   selfsup-bench --out_dir=bench --tasks=rotnet,simclr --budget_seconds=60
 
 Writes ``<out_dir>/zoo.md`` (the survey's Table-4 shape) and ``<out_dir>/zoo.json``; each run
@@ -34,10 +34,10 @@ flags.DEFINE_string("out_dir", "bench", "Where runs, zoo.json and zoo.md go.")
 flags.DEFINE_list("tasks", list(RECIPES), "Tasks to bench (default: every image task with a "
                   "recipe, supervised last).")
 flags.DEFINE_float("budget_seconds", DEFAULT_BUDGET_SECONDS,
-                   "Training time per task on this machine (turned into a step count by a "
-                   "short calibration run).")
+                   "Process CPU seconds of training per task (turned into a step count by "
+                   "a short calibration run).")
 flags.DEFINE_integer("calibration_steps", DEFAULT_CALIBRATION_STEPS,
-                     "Steps per calibration window (two windows; the second is timed).")
+                     "The calibration run takes 3n steps and times the last 2n.")
 flags.DEFINE_integer("probe_train_examples", 10_000, "Labelled train images for the probes.")
 flags.DEFINE_integer("probe_test_examples", None, "Test images (default: the whole split).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data dir (default: tfds's own).")

@@ -104,14 +104,19 @@ flags.DEFINE_integer("finetune_batch_size", None, "finetune: examples per step (
 flags.DEFINE_float("finetune_learning_rate", 0.05, "finetune: the head's learning rate.")
 flags.DEFINE_string("finetune_optimizer", "sgd", "finetune: sgd, adam, adamw or lamb.")
 flags.DEFINE_float("finetune_weight_decay", 5e-4, "finetune: decoupled weight decay.")
-flags.DEFINE_float("encoder_learning_rate_scale", None, "finetune: the encoder's learning rate "
-                   "is the head's times this (0 freezes its weights; default 0.1 for images, "
-                   "1.0 for video).")
+flags.DEFINE_float("encoder_learning_rate_scale", 1.0, "finetune: the encoder's learning rate "
+                   "is the head's times this (0 freezes its weights; the from-scratch run "
+                   "always trains its encoder at the full rate).")
 flags.DEFINE_boolean("finetune_from_scratch", True, "finetune: also train a random-init encoder "
                      "the same way (the from-scratch baseline).")
-flags.DEFINE_string("finetune_dataset", None, "finetune: a labelled dataset; default: the run's.")
+flags.DEFINE_string("finetune_dataset", None, "finetune: a labelled dataset of the run's kind; "
+                    "default: the run's.")
 flags.DEFINE_string("finetune_train_split", "train", "finetune (images): the labelled split to "
                     "train on (tfds slicing, e.g. train[:10%]).")
+flags.DEFINE_string("finetune_eval_split", None, "finetune (images): the split to score; "
+                    "default: test, else validation.")
+flags.DEFINE_string("finetune_augmentation", "pad_crop_flip", "finetune (images): "
+                    "pad_crop_flip, resized_crop_flip, flip or none.")
 
 
 def _floats(values: list[str] | None, name: str) -> tuple[float, ...] | None:
@@ -153,11 +158,10 @@ def finetune(model_dir: str) -> str:
 
     recipe = dict(steps=FLAGS.finetune_steps, learning_rate=FLAGS.finetune_learning_rate,
                   optimizer=FLAGS.finetune_optimizer, weight_decay=FLAGS.finetune_weight_decay,
+                  encoder_learning_rate_scale=FLAGS.encoder_learning_rate_scale,
                   from_scratch=FLAGS.finetune_from_scratch, dataset=FLAGS.finetune_dataset)
-    for name, value in (("batch_size", FLAGS.finetune_batch_size),
-                        ("encoder_learning_rate_scale", FLAGS.encoder_learning_rate_scale)):
-        if value is not None:
-            recipe[name] = value
+    if FLAGS.finetune_batch_size is not None:
+        recipe["batch_size"] = FLAGS.finetune_batch_size
     common = dict(test_examples=FLAGS.test_examples, seed=FLAGS.seed, data_dir=FLAGS.data_dir,
                   log=print_progress)
     if is_video_run(read_run_config(model_dir), FLAGS.data_dir):
@@ -175,7 +179,9 @@ def finetune(model_dir: str) -> str:
         format_image_finetune_table,
     )
 
-    settings = ImageFinetuneSettings(train_split=FLAGS.finetune_train_split, **recipe)
+    settings = ImageFinetuneSettings(train_split=FLAGS.finetune_train_split,
+                                     eval_split=FLAGS.finetune_eval_split,
+                                     augmentation=FLAGS.finetune_augmentation, **recipe)
     return format_image_finetune_table(evaluate_image_finetune(model_dir, settings, **common))
 
 

@@ -9,7 +9,6 @@ pretraining run unless told otherwise) and reports clip- and video-level top-1 o
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,55 +17,33 @@ from typing import Any
 from absl import logging
 
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.finetuning import (
+    FINETUNE_DIR,  # noqa: F401  (re-exported)
+    FINETUNE_RESULTS_FILE,  # noqa: F401  (re-exported)
+    FinetuneRecipe,
+    finetune_columns,
+    write_finetune_results,
+)
 from selfsup.tasks.video_eval import (
     COLUMNS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CLIPS_PER_VIDEO,
     clip_settings,
-    write_json,
 )
-
-FINETUNE_RESULTS_FILE = "finetune.json"
-FINETUNE_DIR = "finetune"
-
-
-class _LineLog(io.TextIOBase):
-    """A text stream that hands each complete line to ``log`` (the trainer's progress)."""
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        super().__init__()
-        self._log, self._partial = log, ""
-
-    def write(self, text: str) -> int:
-        *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            if line:
-                self._log(line)
-        return len(text)
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
-    """How ``selfsup-eval --protocol=finetune`` trains (see :func:`evaluate_finetune`)."""
+class FinetuneSettings(FinetuneRecipe):
+    """How ``selfsup-eval --protocol=finetune`` trains a video encoder (see
+    :func:`evaluate_finetune`; the shared fields: :class:`FinetuneRecipe`)."""
 
-    steps: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    encoder_learning_rate_scale: float = 1.0
-    dropout: float = 0.0
     clips_per_video: int = DEFAULT_CLIPS_PER_VIDEO
-    from_scratch: bool = True
-    dataset: str | None = None  # None: the pretrained run's
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "clips_per_video"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"finetune {name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"finetune learning_rate must be positive, got "
-                              f"{self.learning_rate}")
+        super().__post_init__()
+        if self.clips_per_video < 1:
+            raise ConfigError(f"finetune clips_per_video must be positive, got "
+                              f"{self.clips_per_video}")
 
 
 def evaluate_finetune(model_dir: str | Path, settings: FinetuneSettings = FinetuneSettings(),
@@ -78,20 +55,15 @@ def evaluate_finetune(model_dir: str | Path, settings: FinetuneSettings = Finetu
     Trains ``action_recognition`` (same backbone, clip geometry and dataset unless
     ``settings.dataset``) from the run's encoder into ``<model_dir>/eval/finetune/trained``
     and, with ``settings.from_scratch``, from random init into ``.../random_init`` (the same
-    seed, so the heads start equal); each resumes if its dir holds a finished run. Then scores
-    clip- and video-level top-1 on the eval split (``test_examples``: a seeded subset of its
-    videos, as the linear probe's) and writes ``<model_dir>/eval/finetune.json``.
+    seed, so the heads start equal; the random encoder at the full learning rate); each
+    resumes if its dir holds a finished run. Then scores clip- and video-level top-1 on the
+    eval split (``test_examples``: a seeded subset of its videos, as the linear probe's) and
+    writes ``<model_dir>/eval/finetune.json``.
     """
     from selfsup.datasets.video_sources import is_video_dataset, open_video_source
-    from selfsup.tasks.action_recognition import (
-        ActionRecognitionConfig,
-        ActionRecognitionTask,
-        restore_model,
-    )
+    from selfsup.tasks.action_recognition import ActionRecognitionConfig
     from selfsup.tasks.checkpoints import latest_checkpoint, read_run_config
     from selfsup.tasks.linear_probe import seeded_subset
-    from selfsup.tasks.trainer import TrainerConfig
-    from selfsup.tasks.training import run_training
 
     model_dir = Path(model_dir)
     start = time.perf_counter()
@@ -111,35 +83,25 @@ def evaluate_finetune(model_dir: str | Path, settings: FinetuneSettings = Finetu
         "model_dir": str(model_dir), "checkpoint": checkpoint, "task": run_config.get("task"),
         "backbone": run_config.get("backbone"),
     }
-    runs = [("trained", str(model_dir))] + ([("random_init", None)]
-                                            if settings.from_scratch else [])
-    for key, init_from in runs:
-        config = ActionRecognitionConfig(
+
+    def make_config(init_from: str | None, scale: float) -> ActionRecognitionConfig:
+        return ActionRecognitionConfig(
             backbone=run_config["backbone"], backbone_kwargs=run_config.get("backbone_kwargs")
             or {}, dataset=dataset, data_dir=data_dir, global_batch_size=settings.batch_size,
-            seed=seed, init_from=init_from,
-            encoder_learning_rate_scale=settings.encoder_learning_rate_scale,
+            seed=seed, init_from=init_from, encoder_learning_rate_scale=scale,
             dropout=settings.dropout, eval_clips_per_video=settings.clips_per_video,
             **geometry)
-        trainer = TrainerConfig(
-            model_dir=str(model_dir / "eval" / FINETUNE_DIR / key), train_steps=settings.steps,
-            learning_rate=settings.learning_rate, optimizer=settings.optimizer,
-            weight_decay=settings.weight_decay, log_every=max(settings.steps // 10, 1),
-            checkpoint_every=settings.steps)
-        start_from = "the trained encoder" if init_from else "random init"
-        log(f"-- fine-tuning action_recognition from {start_from} into {trainer.model_dir}")
-        logs = run_training("action_recognition", config, trainer, "one_device",
-                            out=_LineLog(log))
-        task = ActionRecognitionTask(config)
-        model = restore_model(task, trainer.model_dir)
+
+    def score(task, model) -> dict[str, Any]:
         scores = task.evaluate(model, videos=test_videos, batch_size=batch_size, log=log)
-        log(f"fine-tuned ({key}): clip top-1 {scores['clip_top1']:.2f}%, video top-1 "
+        start_from = "trained" if task.config.init_from else "random_init"
+        log(f"fine-tuned ({start_from}): clip top-1 {scores['clip_top1']:.2f}%, video top-1 "
             f"{scores['video_top1']:.2f}%")
-        results[key] = {**scores, "final_loss": logs.get("loss"), "model_dir": trainer.model_dir}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    path = model_dir / "eval" / FINETUNE_RESULTS_FILE
-    write_json(path, results)
-    log(f"wrote {path} ({results['seconds']:.0f} s)")
+        return scores
+
+    results.update(finetune_columns(model_dir, settings, "action_recognition", make_config,
+                                    score, log))
+    write_finetune_results(model_dir, results, start, log)
     return results
 
 

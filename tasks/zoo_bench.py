@@ -4,13 +4,15 @@ The survey's Table 4 (Jing & Tian, §7.1) compares methods by linear probes on e
 architecture with random-init and supervised rows as the floor and the ceiling. This bench makes
 that table for selfsup's own image tasks on the default dataset (Fashion-MNIST, ``resnet_small``):
 
-1. Budget: each task trains for the number of steps that fills ``budget_seconds`` of training
-   time on this machine. The step rate is measured first in a short throwaway run of the same
-   task and recipe (``calibration_steps`` steps after the first window, so tf.function tracing
-   and the pipeline's warm-up are not counted), and the real run is then given that many steps
-   so its cosine learning-rate schedule ends where the budget does. Work between epochs
-   (DeepCluster's clustering) comes on top of the budget, as the trainer does not count it as
-   step time. The chosen steps are stored, so a re-run resumes instead of re-calibrating.
+1. Budget: each task trains for the number of steps that costs ``budget_seconds`` of process
+   CPU time (all threads: the model and the input pipeline; on 2 idle cores 300 CPU-s is about
+   2.5–3 minutes). CPU time per step is measured first in a short throwaway run of the same
+   task and recipe (from step n to step 3n, so building and tracing are left out), and
+   the real run is then given that many steps so its cosine learning-rate schedule ends where
+   the budget does. CPU time rather than wall time, so other work on the machine does not
+   change the step counts. Between-epoch work (DeepCluster's clustering) is inside the
+   calibration runs' first epoch only, so it mostly comes on top. The chosen steps are stored,
+   so a re-run resumes instead of re-calibrating.
 2. Recipe: each task's optimiser, learning rate, batch and task options are the README's
    measured recipes (:data:`RECIPES`); only the step count comes from the budget.
 3. Probe: :func:`selfsup.tasks.linear_probe.linear_probe_results` on every endpoint (the linear
@@ -36,7 +38,7 @@ from typing import Any
 
 from selfsup.models.registry import ConfigError
 
-DEFAULT_BUDGET_SECONDS = 180.0
+DEFAULT_BUDGET_SECONDS = 300.0  # CPU seconds
 DEFAULT_CALIBRATION_STEPS = 10
 DEFAULT_BACKBONE = "resnet_small"
 DEFAULT_DATASET = "fashion_mnist"
@@ -109,6 +111,7 @@ class BenchSettings:
     budget_seconds: float = DEFAULT_BUDGET_SECONDS
     calibration_steps: int = DEFAULT_CALIBRATION_STEPS
     backbone: str = DEFAULT_BACKBONE
+    backbone_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     probe_train_examples: int = 10_000
@@ -149,7 +152,8 @@ def _task_config(task: str, recipe: Recipe, settings: BenchSettings):
     from selfsup.tasks.base import task_class
 
     return task_class(task).config_class(
-        backbone=settings.backbone, dataset=settings.dataset, data_dir=settings.data_dir,
+        backbone=settings.backbone, backbone_kwargs=dict(settings.backbone_kwargs),
+        dataset=settings.dataset, data_dir=settings.data_dir,
         global_batch_size=recipe.batch_size, seed=settings.seed, **recipe.task_params)
 
 
@@ -162,24 +166,44 @@ def _trainer_config(model_dir: Path, recipe: Recipe, steps: int, log_every: int)
                          checkpoint_every=steps)
 
 
-def measure_step_rate(task: str, recipe: Recipe, settings: BenchSettings,
-                      scratch_dir: Path) -> float:
-    """Steps per second of ``task`` with ``recipe``: a throwaway run of two windows of
-    ``calibration_steps`` steps; the rate of the second window (tracing is in the first)."""
+class StepClock(io.StringIO):
+    """The trainer's progress stream, stamping each ``step N/...`` line with the process CPU
+    time at which it was written (the line is written once step N's loss is computed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_seconds: dict[int, float] = {}
+
+    def write(self, text: str) -> int:
+        if text.startswith("step "):
+            self.cpu_seconds[int(text.split()[1].split("/")[0])] = time.process_time()
+        return super().write(text)
+
+
+def measure_cpu_per_step(task: str, recipe: Recipe, settings: BenchSettings,
+                         scratch_dir: Path) -> float:
+    """Process CPU seconds (every thread: the model and the input pipeline) per training step
+    of ``task`` with ``recipe``: a throwaway run of 3n steps (n = ``calibration_steps``), timed
+    from step n to step 3n, so building, tracing and the first batches are left out."""
+    import shutil
+
     from selfsup.tasks.training import run_training
 
-    window = settings.calibration_steps
-    logs = run_training(task, _task_config(task, recipe, settings),
-                        _trainer_config(scratch_dir, recipe, 2 * window, window),
-                        "one_device", out=io.StringIO())
-    return float(logs["steps_per_sec"])
+    steps = settings.calibration_steps
+    clock = StepClock()
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    try:
+        run_training(task, _task_config(task, recipe, settings),
+                     _trainer_config(scratch_dir, recipe, 3 * steps, steps), "one_device",
+                     out=clock)
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    return (clock.cpu_seconds[3 * steps] - clock.cpu_seconds[steps]) / (2 * steps)
 
 
 def planned_steps(task: str, recipe: Recipe, settings: BenchSettings, run_dir: Path,
                   log: Callable[[str], None]) -> int:
     """The run's step count: stored in ``run_dir/bench_plan.json`` or measured now."""
-    import shutil
-
     plan_path = run_dir / PLAN_FILE
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
@@ -187,18 +211,15 @@ def planned_steps(task: str, recipe: Recipe, settings: BenchSettings, run_dir: P
             return int(plan["train_steps"])
         raise ConfigError(f"{run_dir} was planned for a {plan.get('budget_seconds')} s budget, "
                           f"not {settings.budget_seconds} s; use another --out_dir")
-    scratch = run_dir.with_name(f".{run_dir.name}.calibration")
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        rate = measure_step_rate(task, recipe, settings, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    steps = max(1, round(settings.budget_seconds * rate))
-    log(f"{task}: {rate:.2f} steps/s measured → {steps} steps for "
-        f"{settings.budget_seconds:g} s")
+    cpu_per_step = measure_cpu_per_step(task, recipe, settings,
+                                        run_dir.with_name(f".{run_dir.name}.calibration"))
+    steps = max(1, round(settings.budget_seconds / cpu_per_step))
+    log(f"{task}: {cpu_per_step:.3f} CPU-s per step measured → {steps} steps for "
+        f"{settings.budget_seconds:g} CPU-s")
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(plan_path, {"budget_seconds": settings.budget_seconds,
-                            "steps_per_sec": round(rate, 4), "train_steps": steps})
+                            "cpu_seconds_per_step": round(cpu_per_step, 5),
+                            "train_steps": steps})
     return steps
 
 
@@ -208,13 +229,14 @@ def _write_json(path: Path, data: Any) -> None:
     partial.replace(path)
 
 
-def _probe(encoder, settings: BenchSettings, log: Callable[[str], None]) -> dict[str, float]:
+def _probe(encoder, image_size: int, settings: BenchSettings, log: Callable[[str], None]
+           ) -> dict[str, float]:
     from selfsup.datasets import open_source
     from selfsup.tasks.linear_probe import linear_probe_results
 
     source = open_source(settings.dataset, settings.data_dir)
     results = linear_probe_results(
-        encoder, source, train_examples=settings.probe_train_examples,
+        encoder, source, image_size=image_size, train_examples=settings.probe_train_examples,
         test_examples=settings.probe_test_examples, seed=settings.seed, log=log)
     return {name: round(result.top1, 2) for name, result in results.items()}
 
@@ -239,13 +261,13 @@ def bench_task(task: str, settings: BenchSettings, log: Callable[[str], None]
                         _trainer_config(run_dir, recipe, steps, max(steps // 10, 1)),
                         "one_device", out=io.StringIO())
     train_seconds = time.perf_counter() - start
-    encoder, _ = restore_encoder(run_dir)
+    encoder, run_config = restore_encoder(run_dir)
     log(f"{task}: probing every endpoint")
     row = {"task": task, "category": recipe.category, "train_steps": steps,
             "train_seconds": round(train_seconds, 1),
             "final_loss": round(logs["loss"], 4) if "loss" in logs else None,
             "recipe": {**dataclasses.asdict(recipe), "task_params": dict(recipe.task_params)},
-            "top1": _probe(encoder, settings, log)}
+            "top1": _probe(encoder, run_config["image_size"], settings, log)}
     _write_json(row_path, row)
     return row
 
@@ -258,7 +280,8 @@ def bench_random_init(settings: BenchSettings, log: Callable[[str], None]) -> di
     run_config = read_run_config(Path(settings.out_dir) / "runs" / settings.tasks[0])
     log(f"{RANDOM_INIT_ROW}: probing every endpoint")
     return {"task": RANDOM_INIT_ROW, "category": "baseline", "train_steps": 0,
-            "top1": _probe(build_encoder(run_config, settings.seed), settings, log)}
+            "top1": _probe(build_encoder(run_config, settings.seed), run_config["image_size"],
+                           settings, log)}
 
 
 def format_zoo_table(results: dict[str, Any]) -> str:
@@ -314,7 +337,7 @@ def run_zoo(settings: BenchSettings, log: Callable[[str], None] = print) -> dict
     _write_json(out_dir / RESULTS_JSON, results)
     caption = (f"Linear probe top-1 (%) per layer on {settings.dataset} ({settings.backbone}, "
                f"{settings.probe_train_examples} labelled train images, the whole test split); "
-               f"each method trained for {settings.budget_seconds:g} s on "
+               f"each method trained for {settings.budget_seconds:g} CPU-seconds on "
                f"{results['machine']} ({results['date']}).")
     markdown = f"{caption}\n\n{format_zoo_table(results)}\n"
     partial = out_dir / f".{RESULTS_MARKDOWN}.tmp"

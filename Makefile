@@ -26,4 +26,4 @@ lint: setup
 
 # The zoo results table (README "The zoo table"): every image task at one CPU budget, probed.
 zoo: setup
-	.venv/bin/selfsup-bench --out_dir=bench
+	.venv/bin/selfsup-bench --out_dir=benchmarks/zoo

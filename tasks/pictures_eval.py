@@ -50,14 +50,20 @@ def linear_curves(results: Mapping[str, Any], columns: dict[str, str] | None = N
 
 def read_linear_results(model_dir: str | Path, log: Callable[[str], None],
                         **probe_settings: Any) -> dict[str, Any]:
-    """The run's ``eval/linear_probe.json``, made with :func:`evaluate_linear` if missing."""
+    """The run's ``eval/linear_probe.json`` if it was made with ``probe_settings`` and has the
+    random-init column, else :func:`evaluate_linear` now (which rewrites it)."""
     from selfsup.tasks.linear_eval import RESULTS_FILE, evaluate_linear
 
     path = Path(model_dir) / "eval" / RESULTS_FILE
     if path.is_file():
-        log(f"probe curve from {path}")
-        return json.loads(path.read_text())
-    log(f"no {path} yet: running the linear protocol for the probe curve")
+        results = json.loads(path.read_text())
+        protocol = results.get("protocol", {})
+        same = all(protocol.get(name) == value for name, value in probe_settings.items()
+                   if name != "data_dir")
+        if same and "random_init" in results:
+            log(f"probe curve from {path}")
+            return results
+    log(f"running the linear protocol for the probe curve ({path})")
     return evaluate_linear(model_dir, log=log, **probe_settings)
 
 

@@ -246,6 +246,7 @@ def bench_task(task: str, settings: BenchSettings, log: Callable[[str], None]
     """Trains ``task`` for the budget and probes its encoder; a finished row is reused and an
     interrupted run resumes from its last checkpoint."""
     from selfsup.tasks.checkpoints import restore_encoder
+    from selfsup.tasks.finetuning import LineLog
     from selfsup.tasks.training import run_training
 
     recipe = RECIPES[task]
@@ -259,7 +260,7 @@ def bench_task(task: str, settings: BenchSettings, log: Callable[[str], None]
     log(f"{task}: training {steps} steps into {run_dir}")
     logs = run_training(task, _task_config(task, recipe, settings),
                         _trainer_config(run_dir, recipe, steps, max(steps // 10, 1)),
-                        "one_device", out=io.StringIO())
+                        "one_device", out=LineLog(lambda line: log(f"{task}: {line}")))
     train_seconds = time.perf_counter() - start
     encoder, run_config = restore_encoder(run_dir)
     log(f"{task}: probing every endpoint")

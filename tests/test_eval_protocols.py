@@ -4,7 +4,6 @@ pairs features with labels (planted classes); the CLI evaluates SavedModels and 
 import json
 import math
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -39,7 +38,22 @@ def run_and_export(tmp_path_factory):
     encoders, info = run_encoders(model_dir, with_random_init=False)
     export = export_encoder(encoders["trained"], tmp_path_factory.mktemp("export"), "rotnet", 1,
                             image_size=info.image_size, metadata=dict(info.run_config))
-    return model_dir, export
+    return model_dir, export, folder
+
+
+@pytest.fixture(scope="module")
+def supervised_run(run_and_export, tmp_path_factory):
+    """2 steps of the supervised baseline on the same folder and architecture."""
+    from selfsup.tasks.supervised import SupervisedConfig, SupervisedTask
+
+    folder = run_and_export[2]
+    model_dir = tmp_path_factory.mktemp("supervised")
+    task = SupervisedTask(SupervisedConfig(
+        backbone_kwargs=ONE_STAGE, dataset=f"image_folder:{folder}", image_size=28,
+        global_batch_size=8, synchronized_bn=False))
+    train_in_process(task, "supervised", model_dir, train_steps=2, log_every=1,
+                     checkpoint_every=2, learning_rate=0.05, weight_decay=0.0)
+    return model_dir
 
 
 @pytest.mark.parametrize("protocol, extra", [
@@ -49,7 +63,7 @@ def run_and_export(tmp_path_factory):
 ])
 def test_an_export_gives_the_same_numbers_as_its_checkpoint(run_and_export, tmp_path,
                                                            protocol, extra):
-    model_dir, export = run_and_export
+    model_dir, export, _ = run_and_export
     settings = FrozenEvalSettings(protocol=protocol, **SMALL, **extra)
     from_run = evaluate_run(model_dir, settings, with_random_init=False, log=lambda m: None)
     from_export = evaluate_saved_model(str(export), settings, output_dir=tmp_path,
@@ -117,8 +131,9 @@ def test_frozen_settings_are_checked():
         FrozenEvalSettings(protocol="lowshot", lowshot_classifier="tree")
 
 
-def test_cli_evaluates_an_export_and_draws_pictures_of_a_run(run_and_export, tmp_path):
-    model_dir, export = run_and_export
+def test_cli_evaluates_an_export_and_draws_pictures_of_a_run(run_and_export, supervised_run,
+                                                            tmp_path):
+    model_dir, export, _ = run_and_export
     result = run_cli("selfsup-eval", f"--saved_model={export}", "--protocol=knn",
                      "--knn_k=3", "--train_examples=200", "--test_examples=100",
                      f"--output_dir={tmp_path / 'knn'}")
@@ -130,12 +145,17 @@ def test_cli_evaluates_an_export_and_draws_pictures_of_a_run(run_and_export, tmp
     result = run_cli("selfsup-eval", f"--model_dir={model_dir}", "--protocol=pictures",
                      "--train_examples=200", "--test_examples=100", "--picture_queries=3",
                      "--picture_neighbours=3", "--picture_bank_examples=100",
-                     "--picture_embedding_examples=60", "--picture_embedding=pca")
+                     "--picture_embedding_examples=60", "--picture_embedding=pca",
+                     f"--supervised_dir={supervised_run}")
     assert result.returncode == 0, result.stderr
     pictures = model_dir / "eval" / "pictures"
     names = {"kernels", "feature_maps", "nearest_neighbours", "embedding"}
     for column in ("trained", "random_init"):
         assert {p.stem for p in (pictures / column).glob("*.png")} == names
-    curve = tf.io.decode_png((pictures / "probe_curve.png").read_bytes()).numpy()
-    assert curve.shape[-1] in (3, 4) and np.std(curve) > 10
-    assert (model_dir / "eval" / "linear_probe.json").is_file()  # made for the curve
+    curve = tf.io.decode_png((pictures / "probe_curve.png").read_bytes(), channels=3).numpy()
+    # Three lines (pretrained, random init, supervised) in matplotlib's first three colours.
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)):
+        assert (curve == colour).all(axis=-1).sum() > 100, colour
+    # The curves' probe results were made first, for the run and for the supervised run.
+    assert (model_dir / "eval" / "linear_probe.json").is_file()
+    assert (supervised_run / "eval" / "linear_probe.json").is_file()

@@ -1,9 +1,13 @@
 """``selfsup-export``: exports a trained encoder as a TF Hub / TF Serving SavedModel.
 
-Example::
+Examples::
 
     selfsup-export --model_dir=runs/rotnet --export_dir=exports
     # → exports/rotnet_resnet_small/1/  (next free version unless --version is given)
+    selfsup-export --model_dir=runs/rotnet --export_dir=exports --format=hub_tar
+    # → exports/rotnet_resnet_small.tar.gz and exports/rotnet_resnet_small.md (TF Hub)
+    selfsup-export --model_dir=runs/rotnet --export_dir=exports --what=pretext
+    # → exports/rotnet_resnet_small_pretext/1/  (backbone + head: rotation logits)
 
 Mistakes the user can fix (missing flags, bad paths, an existing version) print one line on
 stderr and exit with status 2.
@@ -24,6 +28,15 @@ from typing import Any
 from absl import app, flags
 
 USAGE_ERROR = 2
+FORMAT_SAVED_MODEL = "saved_model"
+FORMAT_HUB_TAR = "hub_tar"
+FORMATS = [FORMAT_SAVED_MODEL, FORMAT_HUB_TAR]
+WHAT_ENCODER = "encoder"
+WHAT_PRETEXT = "pretext"
+WHATS = [WHAT_ENCODER, WHAT_PRETEXT]
+PRETEXT_SUFFIX = "_pretext"
+HUB_TAR_CONFLICT = ("--format=hub_tar exports the encoder without a version; drop --version "
+                    "and --what=pretext, or use --format=saved_model")
 
 FLAGS = flags.FLAGS
 
@@ -37,6 +50,14 @@ def define_flags() -> None:
     flags.DEFINE_string("model_name", None, "Served model name (default: <task>_<backbone>).")
     flags.DEFINE_integer("version", None, "Integer version to write (default: next free one).",
                          lower_bound=1)
+    flags.DEFINE_enum("format", FORMAT_SAVED_MODEL, FORMATS,
+                      "saved_model: TF Serving layout <export_dir>/<name>/<version>/; hub_tar: "
+                      "TF Hub's compressed <export_dir>/<name>.tar.gz and model doc <name>.md.")
+    flags.DEFINE_enum("what", WHAT_ENCODER, WHATS,
+                      "encoder: the feature-vector encoder; pretext: the whole pretext model "
+                      "(backbone + head) returning the task's predictions (saved_model only).")
+    flags.DEFINE_string("asset_path", None, "hub_tar: the URL the tar.gz will be hosted at, "
+                        "written as the model doc's asset-path (default: <name>.tar.gz).")
 
 
 def default_model_name(run_config: dict[str, Any]) -> str:
@@ -69,19 +90,44 @@ def export_trained_encoder(
     )
 
 
-def _export(model_dir: str, export_dir: str, model_name: str | None, version: int | None) -> str:
+def _export(model_dir: str, export_dir: str, model_name: str | None, version: int | None,
+            export_format: str = FORMAT_SAVED_MODEL, what: str = WHAT_ENCODER,
+            asset_path: str | None = None) -> str:
     from selfsup.export.layout import check_model_name, resolve_version
+    from selfsup.models.registry import ConfigError
 
+    if export_format == FORMAT_HUB_TAR and (what != WHAT_ENCODER or version is not None):
+        raise ConfigError(HUB_TAR_CONFLICT)
     if model_name is not None:
         check_model_name(model_name)
-        # Fail before the (slow) restore when the requested version already exists.
-        resolve_version(os.path.join(export_dir, model_name), version)
+        # Fail before the (slow) restore when the requested output already exists.
+        if export_format == FORMAT_HUB_TAR:
+            from selfsup.export.hub_tar import check_hub_tar_free
+
+            check_hub_tar_free(export_dir, model_name)
+        else:
+            resolve_version(os.path.join(export_dir, model_name), version)
+
+    if what == WHAT_PRETEXT:
+        from selfsup.export.pretext import export_pretext_model, restore_pretext_model
+
+        model, task, run_config = restore_pretext_model(model_dir)
+        name = model_name or default_model_name(run_config) + PRETEXT_SUFFIX
+        return str(export_pretext_model(model, task, run_config, export_dir, name, version))
 
     from selfsup.tasks.checkpoints import restore_encoder
     from selfsup.tasks.linear_eval import read_probe_metrics
 
     backbone, run_config = restore_encoder(model_dir)
     run_config = {**run_config, "metrics": read_probe_metrics(model_dir)}
+    if export_format == FORMAT_HUB_TAR:
+        from selfsup.export.hub_tar import export_hub_tar
+
+        tar_path, doc_path = export_hub_tar(
+            backbone, export_dir, model_name or default_model_name(run_config),
+            image_size=run_config["image_size"], metadata=dict(run_config),
+            asset_path=asset_path)
+        return f"{tar_path}\n{doc_path}"
     return str(export_trained_encoder(backbone, run_config, export_dir, model_name, version))
 
 
@@ -92,6 +138,8 @@ def main(argv: list[str]) -> int:
         if not getattr(FLAGS, name):
             return _usage_error(f"--{name} is required")
     # Checked before importing TensorFlow, so these mistakes are reported at once.
+    if FLAGS.format == FORMAT_HUB_TAR and (FLAGS.what != WHAT_ENCODER or FLAGS.version):
+        return _usage_error(HUB_TAR_CONFLICT)
     if not os.path.isdir(FLAGS.model_dir):
         return _usage_error(f"--model_dir {FLAGS.model_dir} is not a directory")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
@@ -100,7 +148,8 @@ def main(argv: list[str]) -> int:
     from selfsup.models.registry import ConfigError
 
     try:
-        path = _export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version)
+        path = _export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version,
+                       FLAGS.format, FLAGS.what, FLAGS.asset_path)
     except (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         return _usage_error(str(error))
     print(path)

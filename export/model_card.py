@@ -154,3 +154,82 @@ def write_model_card(version_dir: str | pathlib.Path, card: dict[str, Any]) -> p
     json_path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (card_dir / MARKDOWN_NAME).write_text(card_markdown(card))
     return json_path
+
+
+def hub_tag(value: Any) -> str:
+    """A metadata value as a tfhub.dev tag: lower case, ``_`` and spaces as ``-``."""
+    return "-".join(str(value).lower().replace("_", " ").split())
+
+
+def hub_model_doc(card: dict[str, Any], asset_path: str, publisher: str = "selfsup") -> str:
+    """The tfhub.dev model documentation of an exported encoder (from its JSON ``card``).
+
+    tfhub.dev's model-doc format: first line ``# Module <publisher>/<name>/<version>``, then a
+    one-sentence description, then metadata as ``<!-- key: value -->`` lines (``asset-path``:
+    where the tar.gz is hosted, ``task``, ``network-architecture``, ``dataset``, ``format``,
+    ``fine-tunable``), then free markdown: overview, inputs, outputs, usage, metrics.
+    """
+    video = card["hub_task"] == HUB_VIDEO_TASK
+    height, width = card["input"]["image_size"]
+    low, high = card["input"]["value_range"]
+    features = card["output"]["shape"][1]
+    kind = "Video" if video else "Image"
+    shape = "[batch, time, height, width, 3]" if video else "[batch, height, width, 3]"
+    example = (f"np.random.rand(2, 8, {height}, {width}, 3)" if video
+               else f"np.random.rand(2, {height}, {width}, 3)")
+    lines = [
+        f"# Module {publisher}/{card['model_name']}/{card['version']}",
+        "",
+        f"{kind} feature vector from a `{card['backbone']}` encoder pretrained with the "
+        f"self-supervised `{card['pretext_task']}` task on `{card['dataset']}`.",
+        "",
+        f"<!-- asset-path: {asset_path} -->",
+        f"<!-- task: {card['hub_task']} -->",
+        f"<!-- network-architecture: {hub_tag(card['backbone'])} -->",
+        f"<!-- dataset: {hub_tag(card['dataset'])} -->",
+        f"<!-- format: {card['format']} -->",
+        f"<!-- fine-tunable: {str(card['fine_tunable']).lower()} -->",
+        "",
+        "## Overview",
+        "",
+        f"A TF2 SavedModel (reusable SavedModel API) mapping {'clips' if video else 'images'} "
+        f"to `[batch, {features}]` float32 feature vectors, the encoder's globally pooled "
+        f"output. Trained at {height}×{width} pixels.",
+        "",
+        "### Input",
+        "",
+        f"- `__call__(inputs, training=False)`: float32 `{shape}`, RGB, values in "
+        f"[{low:g}, {high:g}]; input size {height}×{width} (other sizes work; the encoder "
+        "pools globally)" + (", any number of frames" if video else "") + ".",
+        f"- `serving_default` signature: {card['input']['serving_default']}, resized to "
+        f"{height}×{width}.",
+        "",
+        "### Output",
+        "",
+        f"- float32 `[batch, {features}]` (signature output `features`); the `representation` "
+        "signature returns every endpoint, globally average-pooled:",
+        "",
+        *_endpoint_table(card),
+        "### Usage",
+        "",
+        "```python",
+        "import numpy as np",
+        "import tensorflow_hub as hub",
+        "",
+        f'module = hub.load("{asset_path}")',
+        f"features = module({example}.astype(np.float32))  # [2, {features}]",
+        "```",
+        "",
+        "Fine-tuning: `hub.KerasLayer(handle, trainable=True)` under tf-keras, or "
+        "`selfsup.export.HubEncoderLayer(handle, trainable=True)` in Keras 3.",
+        "",
+        "### Metrics",
+        "",
+    ]
+    metrics = card.get("metrics") or {}
+    if isinstance(metrics, dict) and metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in metrics.items()]
+    else:
+        lines.append("None recorded." if not metrics else f"{metrics}")
+    return "\n".join(lines) + "\n"

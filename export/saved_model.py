@@ -32,6 +32,16 @@ length and size → ``[batch, features]``, and ``serving_default`` on uint8 ``fr
 ``[batch, time, height, width, 3]`` → ``{"features"}``, frames resized to the training size;
 its ``endpoints`` take float32 clips and its ``representation`` uint8 ``frames`` (video endpoints
 are averaged over time and space).
+
+TF Serving conventions (checked by the tests on the saved ``saved_model.pb``): every signature
+has method name ``tensorflow/serving/predict`` (:data:`PREDICT_METHOD`) under the ``serve`` tag,
+with explicit input/output keys — ``serving_default``: input ``images`` (uint8 ``[-1, -1, -1,
+3]``, tensor ``serving_default_images:0``; ``frames`` ``[-1, -1, -1, -1, 3]`` for video) →
+output ``features`` (float32 ``[-1, num_features]``); ``serving_bytes``: ``image_bytes`` →
+``features``; ``representation``: ``images`` → one output per endpoint name. The version
+directory also holds ``assets.extra/tf_serving_warmup_requests`` (three ``serving_default``
+PredictRequests addressed to the model name, :mod:`selfsup.export.warmup`), written inside the
+atomic version directory like everything else.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import tensorflow as tf
 
 from selfsup.export.layout import atomic_version_dir
 from selfsup.export.model_card import build_model_card, jsonable, write_model_card
+from selfsup.export.warmup import warmup_inputs, write_warmup_requests
 from selfsup.models.backbone import FEATURE_ENDPOINT, variable_map
 
 SERVING_DEFAULT = "serving_default"
@@ -62,6 +73,9 @@ ENCODER_INFO_FILE = "selfsup_encoder.json"
 ENCODER_INFO_ATTRIBUTE = "encoder_info"
 ENCODER_INFO_FORMAT = "selfsup_encoder"
 ENCODER_INFO_VERSION = 1
+# Frames per warm-up clip of a video export whose metadata gives no clip_length.
+WARMUP_CLIP_LENGTH = 2
+PREDICT_METHOD = "tensorflow/serving/predict"
 
 _HUB_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)
 _HUB_CLIPS = tf.TensorSpec([None, None, None, None, 3], tf.float32, name=FRAMES_INPUT)
@@ -291,6 +305,28 @@ class HubVideoEncoderModule(_HubModule):
                 REPRESENTATION: self.serve_representation.get_concrete_function()}
 
 
+def signature_input_specs(
+    function: tf.types.experimental.ConcreteFunction,
+) -> dict[str, tf.TensorSpec]:
+    """Input name → TensorSpec of a serving function (positional inputs named by their spec,
+    as in the saved SignatureDef)."""
+    args, kwargs = function.structured_input_signature
+    return {**{spec.name: spec for spec in args}, **kwargs}
+
+
+def read_signature_defs(version_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``SignatureDef`` protos of a SavedModel's ``serve`` MetaGraph, read from its
+    ``saved_model.pb`` (what TF Serving sees: method name, input/output keys, tensor names)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString(
+        (pathlib.Path(version_dir) / "saved_model.pb").read_bytes())
+    for meta_graph in proto.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"{version_dir} has no MetaGraph tagged 'serve'")
+
+
 def is_video_encoder(backbone: keras.Model) -> bool:
     """Whether ``backbone`` takes clips (a :class:`~selfsup.models.video_backbone.VideoBackbone`
     or anything declaring ``input_rank = 5``)."""
@@ -334,7 +370,9 @@ def export_encoder(
     ValueError). The directory appears atomically and a failed export leaves nothing behind.
     ``metadata`` (task, backbone, dataset, metrics, ...) goes into the model card in
     ``assets.extra/``; task, backbone, backbone_kwargs, dataset and clip_length also go into
-    the metadata asset ``assets/selfsup_encoder.json``.
+    the metadata asset ``assets/selfsup_encoder.json``. TF Serving's warm-up file
+    ``assets.extra/tf_serving_warmup_requests`` holds three ``serving_default`` requests
+    addressed to ``model_name`` (:mod:`selfsup.export.warmup`).
     """
     size = normalize_image_size(image_size)
     with (atomic_version_dir(export_dir, model_name, version) as (temp_dir, version),
@@ -347,7 +385,11 @@ def export_encoder(
         info_path.write_text(json.dumps(jsonable(info), indent=2) + "\n")
         # An asset is copied into <export>/assets/ and found again through the loaded object.
         setattr(module, ENCODER_INFO_ATTRIBUTE, tf.saved_model.Asset(str(info_path)))
-        tf.saved_model.save(module, str(temp_dir), signatures=module.serving_signatures())
+        signatures = module.serving_signatures()
+        tf.saved_model.save(module, str(temp_dir), signatures=signatures)
+        write_warmup_requests(temp_dir, model_name, warmup_inputs(
+            signature_input_specs(signatures[SERVING_DEFAULT]), size,
+            time_steps=int(metadata.get("clip_length") or WARMUP_CLIP_LENGTH)))
         card = build_model_card(
             model_name, version, size, module.num_features, dict(metadata),
             backbone_config=_backbone_config(backbone), video=video,

@@ -22,7 +22,8 @@ import tensorflow_hub as hub
 from selfsup.export.export_main import default_model_name, export_trained_encoder
 from selfsup.export.keras_layer import HubEncoderLayer
 from selfsup.export.layout import TEMP_PREFIX, VersionExistsError, check_model_name, next_version
-from selfsup.export.saved_model import export_encoder
+from selfsup.export.saved_model import export_encoder, read_signature_defs
+from selfsup.export.warmup import read_warmup_requests
 from selfsup.models import FEATURE_ENDPOINT, ConfigError, build_backbone
 
 BIN = pathlib.Path(sys.executable).parent
@@ -132,6 +133,42 @@ def test_serving_signatures_match_keras(exported):
     resized = tf.image.resize(large.astype(np.float32) / 255.0, (28, 28), antialias=True)
     got_large = by_images(images=tf.constant(large))["features"].numpy()
     np.testing.assert_allclose(got_large, _features(backbone, resized), atol=ATOL)
+
+
+def test_warmup_file_holds_valid_predict_requests_for_serving_default(exported):
+    backbone, path = exported
+    logs = read_warmup_requests(path / "assets.extra" / "tf_serving_warmup_requests")
+    assert len(logs) == 3
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    for batch, log in enumerate(logs, start=1):
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert request.model_spec.name == "rotnet_resnet_small"
+        assert request.model_spec.signature_name == "serving_default"
+        assert list(request.inputs) == ["images"]
+        images = tf.make_ndarray(request.inputs["images"])
+        assert images.dtype == np.uint8 and images.shape == (batch, 28, 28, 3)
+        # The request is valid for the model: it runs and gives the Keras encoder's features.
+        got = serve(images=tf.constant(images))["features"].numpy()
+        np.testing.assert_allclose(
+            got, _features(backbone, images.astype(np.float32) / 255.0), atol=ATOL)
+
+
+def test_serving_default_is_a_predict_signature_with_named_tensors(exported):
+    _, path = exported
+    signatures = read_signature_defs(path)
+    # Besides the served signatures, TF's own "__saved_model_init_op" (no method).
+    served = {name for name in signatures if not name.startswith("__")}
+    assert served == {"serving_default", "serving_bytes", "representation"}
+    for name in served:
+        assert signatures[name].method_name == "tensorflow/serving/predict"
+    default = signatures["serving_default"]
+    assert list(default.inputs) == ["images"] and list(default.outputs) == ["features"]
+    assert default.inputs["images"].dtype == tf.uint8.as_datatype_enum
+    assert [d.size for d in default.inputs["images"].tensor_shape.dim] == [-1, -1, -1, 3]
+    assert default.outputs["features"].dtype == tf.float32.as_datatype_enum
+    assert [d.size for d in default.outputs["features"].tensor_shape.dim] == [-1, 64]
+    assert default.inputs["images"].name == "serving_default_images:0"
 
 
 def test_saved_model_cli_runs_serving_default(exported, tmp_path):
@@ -316,6 +353,9 @@ def test_versions_and_names(tmp_path):
     (["--model_dir=/nonexistent/run", "--export_dir=/tmp/x"], "is not a directory"),
     (["--model_dir=.", "--export_dir=/tmp/x", "--version=0"], "positive integer"),
     (["--no_such_flag"], "no_such_flag"),
+    (["--model_dir=.", "--export_dir=/tmp/x", "--format=zip"], "<saved_model|hub_tar>"),
+    (["--model_dir=.", "--export_dir=/tmp/x", "--format=hub_tar", "--what=pretext"],
+     "--format=hub_tar exports the encoder without a version"),
 ])
 def test_cli_usage_errors_are_one_line(args, message):
     result = subprocess.run([str(BIN / "selfsup-export"), *args], capture_output=True,

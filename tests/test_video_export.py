@@ -12,6 +12,7 @@ import tensorflow_hub as hub
 
 import selfsup.models.video_resnet  # noqa: F401  (registers r3d_18)
 from selfsup.export.saved_model import export_encoder
+from selfsup.export.warmup import read_warmup_requests
 from selfsup.models import build_backbone
 
 SIZE = 32
@@ -90,3 +91,22 @@ def test_endpoints_and_representation_of_clips(exported):
     maps = {name: value for name, value in expected.items() if value.ndim > 2}
     assert maps and all(shapes[name] == [None, None, *value.shape[2:]]
                         for name, value in maps.items())
+
+
+def test_warmup_requests_are_uint8_clips_the_served_model_accepts(exported):
+    encoder, path = exported
+    logs = read_warmup_requests(path / "assets.extra" / "tf_serving_warmup_requests")
+    assert len(logs) == 3
+    requests = [log.predict_log.request for log in logs]
+    for batch, request in enumerate(requests, start=1):
+        assert (request.model_spec.name, request.model_spec.signature_name) == (
+            "clips", "serving_default")
+        frames = tf.make_ndarray(request.inputs["frames"])
+        # No clip_length in the metadata: two frames per warm-up clip.
+        assert frames.dtype == np.uint8 and frames.shape == (batch, 2, SIZE, SIZE, 3)
+    # All requests in one call (same dtype and trailing shape): the model accepts them.
+    frames = np.concatenate([tf.make_ndarray(r.inputs["frames"]) for r in requests])
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    got = serve(frames=tf.constant(frames))["features"].numpy()
+    np.testing.assert_allclose(
+        got, encoder(frames / np.float32(255), training=False)["pool"].numpy(), atol=1e-5)

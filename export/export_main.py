@@ -61,8 +61,13 @@ def define_flags() -> None:
 
 
 def default_model_name(run_config: dict[str, Any]) -> str:
-    """``<task>_<backbone>`` lower-cased, with characters unsafe in a directory name as ``_``."""
-    name = f"{run_config['task']}_{run_config['backbone']}".lower()
+    """``<task>_<backbone>`` lower-cased, with characters unsafe in a directory name as ``_``;
+    a ``hub:<path or URL>`` backbone is named ``hub_<last path component>``."""
+    backbone = run_config["backbone"]
+    if backbone.startswith("hub:"):
+        last = backbone[len("hub:"):].rstrip("/").rsplit("/", 1)[-1]
+        backbone = "hub_" + last.removesuffix(".tar.gz")
+    name = f"{run_config['task']}_{backbone}".lower()
     return re.sub(r"[^a-z0-9_.\-]+", "_", name).strip("._-") or "encoder"
 
 

@@ -2,12 +2,13 @@
 registry."""
 
 # Importing a family's module registers its backbones (2D: alexnet … vgg; video: c3d, lrcn,
-# two_stream, video_resnet).
+# two_stream, video_resnet); hub_backbone resolves every "hub:<path or URL>".
 from selfsup.models import (  # noqa: F401
     alexnet,
     c3d,
     densenet,
     googlenet,
+    hub_backbone,
     lrcn,
     resnet,
     two_stream,

@@ -28,8 +28,9 @@ flags.DEFINE_list("subtasks", None, "With --task=multitask: the tasks sharing th
                   "e.g. rotnet,colorization,jigsaw.")
 flags.DEFINE_list("weights", None, "With --task=multitask: one loss weight per sub-task "
                   "(default: 1 each).")
-flags.DEFINE_string("backbone", None, "Registered backbone name (default: the task's own, "
-                    "resnet_small for image tasks, r3d_18 for video tasks).")
+flags.DEFINE_string("backbone", None, "Registered backbone name, or hub:<path or URL> of a TF2 "
+                    "image feature-vector SavedModel (trainable); default: the task's own, "
+                    "resnet_small for image tasks, r3d_18 for video tasks.")
 flags.DEFINE_multi_string("backbone_param", [],
                           "name=value of a backbone constructor option (repeatable), e.g. "
                           "--backbone_param=width_multiplier=0.25; values are Python literals "

@@ -343,6 +343,9 @@ def test_versions_and_names(tmp_path):
     (tmp_path / "12").write_text("not a version dir")
     assert next_version(tmp_path) == 11
     assert default_model_name({"task": "SimCLR v2", "backbone": "resnet18"}) == "simclr_v2_resnet18"
+    assert default_model_name({"task": "rotnet",
+                               "backbone": "hub:https://host/models/enc.tar.gz"}) == \
+        "rotnet_hub_enc"
     for bad in ("", ".hidden", "a/b", "..", "x y"):
         with pytest.raises(ConfigError):
             check_model_name(bad)

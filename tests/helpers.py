@@ -385,3 +385,42 @@ def fashion_mnist_folder(root: Path, train: int, test: int) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
     return root
+
+
+def saved_model_tar(saved_model_dir: Path, tar_path: Path) -> Path:
+    """A ``.tar.gz`` whose root is the SavedModel directory (TF Hub's compressed format)."""
+    import tarfile
+
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for entry in sorted(Path(saved_model_dir).iterdir()):
+            tar.add(entry, arcname=entry.name)
+    return tar_path
+
+
+class serving_directory:  # noqa: N801  (used as a context manager, like open())
+    """``with serving_directory(root) as base_url:`` serves ``root`` over http on 127.0.0.1
+    (a free port) in a thread, quietly; the server stops on exit."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import http.server
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+
+    def __enter__(self) -> str:
+        import threading
+
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

@@ -5,18 +5,14 @@ handles are one-line ConfigErrors."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import tarfile
-import threading
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ONE_STAGE, SUBSET, train_in_process
+from helpers import ONE_STAGE, SUBSET, saved_model_tar, serving_directory, train_in_process
 from selfsup.datasets import open_source
 from selfsup.export.model_card import build_model_card, write_model_card
 from selfsup.export.saved_model import export_encoder
@@ -131,33 +127,16 @@ def test_export_documents_endpoint_names_and_shapes(run_and_export):
     assert "| res2 | [batch, 28, 28, 8] | [batch, 8] |" in markdown
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_saved_model_loads_over_http_through_the_hub_cache(run_and_export, tmp_path,
                                                            monkeypatch):
     _, _, path = run_and_export
-    served = tmp_path / "served"
-    served.mkdir()
-    with tarfile.open(served / "encoder.tar.gz", "w:gz") as tar:
-        for entry in sorted(path.iterdir()):
-            tar.add(entry, arcname=entry.name)
+    saved_model_tar(path, tmp_path / "served" / "encoder.tar.gz")
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/encoder.tar.gz"
+    with serving_directory(tmp_path / "served") as base_url:
+        url = f"{base_url}/encoder.tar.gz"
         encoder, info = saved_model_encoder(url)
         with pytest.raises(ConfigError, match="cannot download SavedModel"):
             saved_model_encoder(url.replace("encoder", "missing"))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
     assert info.location == url and info.local_path.startswith(str(tmp_path / "hub_cache"))
     assert info.description() == {"saved_model": url, "saved_model_path": info.local_path,
                                   "task": "rotnet", "backbone": "resnet_small"}

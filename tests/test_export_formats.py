@@ -4,12 +4,9 @@ full pretext model (backbone + head) whose served predictions equal the Keras mo
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import re
 import tarfile
-import threading
 
 import keras
 import numpy as np
@@ -17,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from helpers import ONE_STAGE, VIDEO_TINY, run_cli
+from helpers import ONE_STAGE, VIDEO_TINY, run_cli, serving_directory
 from selfsup.datasets import color_bins
 from selfsup.export.hub_tar import STAGING_PREFIX, ArchiveExistsError, export_hub_tar
 from selfsup.export.pretext import export_pretext_model, restore_pretext_model
@@ -81,24 +78,11 @@ def test_hub_model_doc_has_the_tfhub_metadata_lines(hub_tar):
     assert "| linear_top1 | 0.8 |" in text
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_hub_load_of_the_served_tar_gives_the_keras_features(hub_tar, tmp_path, monkeypatch):
     backbone, tar_path, _ = hub_tar
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
-    handler = functools.partial(_QuietHandler, directory=str(tar_path.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        module = hub.load(f"http://127.0.0.1:{server.server_address[1]}/{tar_path.name}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving_directory(tar_path.parent) as base_url:
+        module = hub.load(f"{base_url}/{tar_path.name}")
     assert any((tmp_path / "hub_cache").iterdir())
     x = _images(3, 28, 5)
     np.testing.assert_allclose(module(x).numpy(),

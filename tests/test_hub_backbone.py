@@ -4,17 +4,19 @@ and exports again; bad handles are one-line ConfigErrors; the registry resolves 
 
 from __future__ import annotations
 
-import functools
-import http.server
-import tarfile
-import threading
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ONE_STAGE, SUBSET, losses_on_one_batch, train_in_process
+from helpers import (
+    ONE_STAGE,
+    SUBSET,
+    losses_on_one_batch,
+    saved_model_tar,
+    serving_directory,
+    train_in_process,
+)
 from selfsup.export.saved_model import export_encoder
 from selfsup.models import BACKBONES, FEATURE_ENDPOINT, build_backbone
 from selfsup.models.backbone import variable_map
@@ -52,32 +54,15 @@ def exported(tmp_path_factory):
     return encoder, path
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def served(exported, tmp_path, monkeypatch):
     """The export as ``encoder.tar.gz`` (root = the SavedModel dir) on a local http server;
     yields the server's base URL. The Hub cache is a temp dir."""
     _, path = exported
-    root = tmp_path / "served"
-    root.mkdir()
-    with tarfile.open(root / "encoder.tar.gz", "w:gz") as tar:
-        for entry in sorted(path.iterdir()):
-            tar.add(entry, arcname=entry.name)
+    saved_model_tar(path, tmp_path / "served" / "encoder.tar.gz")
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving_directory(tmp_path / "served") as base_url:
+        yield base_url
 
 
 def test_hub_url_backbone_gives_the_original_encoders_pool(exported, served, tmp_path):

@@ -259,12 +259,15 @@ def format_frozen_table(results: dict[str, Any]) -> str:
     else:
         pooling = f"features pooled to {protocol['pool_size']}×{protocol['pool_size']}"
     detail = {"linear": "linear probe top-1 (%)",
-              "knn": f"weighted kNN top-1 (%), τ = {protocol.get('temperature')}",
+              "knn": f"weighted kNN top-1 (%), k = "
+                     f"{', '.join(str(k) for k in protocol.get('ks', ()))}, "
+                     f"τ = {protocol.get('temperature')}",
               "svm": f"linear SVM top-1 (%), cost by {protocol.get('folds')}-fold CV",
               "lowshot": f"low-shot {protocol.get('classifier')} top-1 (%), mean ± std over "
                          f"{len(protocol.get('seeds', ()))} seeds"}[name]
+    pool = "train pool" if name == "lowshot" else "train examples"
     header = (f"{detail} on {protocol['dataset']} {protocol['eval_split']}: "
-              f"{protocol['train_examples']} train examples, {pooling}")
+              f"{protocol['train_examples']} {pool}, {pooling}")
     columns = results["columns"]
     width = 16 if name == "lowshot" else 14
     labels = [f"{COLUMN_LABELS.get(column, column)} {label}" if len(metrics) > 1

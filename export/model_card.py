@@ -115,12 +115,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "## Metrics",
         "",
     ]
-    metrics = card["metrics"] or {}
-    if isinstance(metrics, dict) and metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in metrics.items()]
-    else:
-        lines.append("None recorded." if not metrics else f"{metrics}")
+    lines += _metrics_lines(card["metrics"] or {})
     return "\n".join(lines) + "\n"
 
 
@@ -226,10 +221,13 @@ def hub_model_doc(card: dict[str, Any], asset_path: str, publisher: str = "selfs
         "### Metrics",
         "",
     ]
-    metrics = card.get("metrics") or {}
-    if isinstance(metrics, dict) and metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in metrics.items()]
-    else:
-        lines.append("None recorded." if not metrics else f"{metrics}")
+    lines += _metrics_lines(card.get("metrics") or {})
     return "\n".join(lines) + "\n"
+
+
+def _metrics_lines(metrics: Any) -> list[str]:
+    """A card's metrics as a markdown table ("None recorded." when there are none)."""
+    if isinstance(metrics, dict) and metrics:
+        return ["| metric | value |", "|---|---|",
+                *(f"| {name} | {value} |" for name, value in metrics.items())]
+    return ["None recorded." if not metrics else f"{metrics}"]

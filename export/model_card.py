@@ -108,6 +108,8 @@ def card_markdown(card: dict[str, Any]) -> str:
           if "representation" in card["input"] else []),
         "- `endpoints(images, training=False)`: the Hub `__call__` input → every endpoint "
         "below, unpooled (float32).",
+        "- `pooled.<name>(images)` (e.g. `pooled.pool`): the Hub `__call__` input → endpoint "
+        "`<name>` below, global-average-pooled (a named sub-object per endpoint).",
         f"- Serving signatures resize to {card['input']['image_size'][0]}×"
         f"{card['input']['image_size'][1]}.",
         "",

@@ -15,6 +15,11 @@ restore under the TF1 loader used by ``saved_model_cli`` and TF Serving). The Sa
 
 the serving signatures resize to the training image size when the input size differs.
 
+Each endpoint is also a named sub-object: ``pooled.<endpoint>(images)`` (e.g.
+``loaded.pooled.res3(images)``) takes float32 RGB in [0, 1] of any size, like ``__call__``, and
+returns that endpoint global-average-pooled to ``[batch, channels]`` (inference mode), the
+TF2 counterpart of the per-layer outputs of Kolesnikov et al. 2019's TF-Hub modules.
+
 For evaluation (``selfsup-eval --saved_model``) the module also has ``endpoints(images,
 training=False)``: float32 images in [0, 1] of any size (not resized, like ``__call__``) → the
 backbone's raw endpoint dict (``[batch, h, w, c]`` maps and the ``[batch, features]`` ``pool``,
@@ -76,6 +81,9 @@ ENCODER_INFO_VERSION = 1
 # Frames per warm-up clip of a video export whose metadata gives no clip_length.
 WARMUP_CLIP_LENGTH = 2
 PREDICT_METHOD = "tensorflow/serving/predict"
+
+# The named sub-object holding one pooled-endpoint function per endpoint name.
+POOLED_ENDPOINTS = "pooled"
 
 _HUB_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)
 _HUB_CLIPS = tf.TensorSpec([None, None, None, None, 3], tf.float32, name=FRAMES_INPUT)
@@ -187,6 +195,12 @@ class _HubModule(tf.Module):
         self.endpoints.get_concrete_function(self.hub_input_spec, training=False)
         for training in (False, True):
             self.__call__.get_concrete_function(self.hub_input_spec, training=training)
+        self.pooled = tf.Module(name=POOLED_ENDPOINTS)
+        for name in self.endpoint_shapes:
+            if not name.isidentifier() or hasattr(self.pooled, name):
+                raise ValueError(f"endpoint name {name!r} cannot name a sub-object of the "
+                                 f"export's {POOLED_ENDPOINTS!r}")
+            setattr(self.pooled, name, self._pooled_endpoint(name))
 
     @property
     def endpoint_shapes(self) -> dict[str, list[int | None]]:
@@ -198,6 +212,16 @@ class _HubModule(tf.Module):
 
     def _documented_shape(self, shape: tf.TensorShape) -> list[int | None]:
         return [None, *(int(d) for d in shape[1:])]
+
+    def _pooled_endpoint(self, name: str) -> tf.types.experimental.PolymorphicFunction:
+        """``images → global_average(endpoints(images)[name])``, traced for inference."""
+
+        def pooled(images: tf.Tensor) -> tf.Tensor:
+            return global_average(self._infer(images)[name])
+
+        function = tf.function(pooled, input_signature=[self.hub_input_spec])
+        function.get_concrete_function()
+        return function
 
     def _infer(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """The inference trace of ``endpoints`` (called, not traced again, inside other

@@ -111,6 +111,18 @@ def test_representation_signature_is_the_global_mean_of_every_endpoint(run_and_e
         np.testing.assert_allclose(got[name].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_every_endpoint_is_a_named_sub_object_giving_its_global_mean(run_and_export):
+    encoders, _, path = run_and_export
+    loaded = tf.saved_model.load(str(path))
+    images = _images(3, 32, 3)  # Not the export size: sub-objects take any size, like __call__.
+    for name, value in encoders["trained"](images, training=False).items():
+        value = value.numpy().astype(np.float64)
+        expected = value if value.ndim == 2 else value.reshape(3, -1, value.shape[-1]).mean(1)
+        got = getattr(loaded.pooled, name)(tf.constant(images)).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert not hasattr(loaded.pooled, "res3")  # ONE_STAGE has no third stage.
+
+
 def test_export_documents_endpoint_names_and_shapes(run_and_export):
     _, _, path = run_and_export
     info = json.loads((path / "assets" / "selfsup_encoder.json").read_text())
@@ -125,6 +137,7 @@ def test_export_documents_endpoint_names_and_shapes(run_and_export):
     assert card["endpoints"][0]["representation"] == [None, 8]
     markdown = (path / "assets.extra" / "model_card.md").read_text()
     assert "| res2 | [batch, 28, 28, 8] | [batch, 8] |" in markdown
+    assert "`pooled.<name>(images)`" in markdown
 
 
 def test_saved_model_loads_over_http_through_the_hub_cache(run_and_export, tmp_path,

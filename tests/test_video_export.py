@@ -83,6 +83,9 @@ def test_endpoints_and_representation_of_clips(exported):
         # Independent reference: the mean over every frame and position, channel by channel.
         reference = value if value.ndim == 2 else value.reshape(2, -1, value.shape[-1]).mean(1)
         np.testing.assert_allclose(pooled[name].numpy(), reference, atol=1e-5)
+        # The named sub-object of the endpoint: the same average, from float clips.
+        np.testing.assert_allclose(getattr(loaded.pooled, name)(frames / np.float32(255)),
+                                   reference, atol=1e-5)
     info = json.loads((path / "assets" / "selfsup_encoder.json").read_text())
     assert info["video"] is True and info["endpoints"] == list(expected)
     # Batch and time depend on the input: documented as unknown; the rest at 32 px.

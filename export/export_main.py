@@ -22,12 +22,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import pathlib
 import re
-import sys
 from typing import Any
 
 from absl import app, flags
 
-USAGE_ERROR = 2
+from selfsup.export.cli import one_line_flag_parser, usage_error
+
+PROGRAM = "selfsup-export"
+
 FORMAT_SAVED_MODEL = "saved_model"
 FORMAT_HUB_TAR = "hub_tar"
 FORMATS = [FORMAT_SAVED_MODEL, FORMAT_HUB_TAR]
@@ -138,17 +140,18 @@ def _export(model_dir: str, export_dir: str, model_name: str | None, version: in
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        return _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        return usage_error(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     for name in ("model_dir", "export_dir"):
         if not getattr(FLAGS, name):
-            return _usage_error(f"--{name} is required")
+            return usage_error(PROGRAM, f"--{name} is required")
     # Checked before importing TensorFlow, so these mistakes are reported at once.
     if FLAGS.format == FORMAT_HUB_TAR and (FLAGS.what != WHAT_ENCODER or FLAGS.version):
-        return _usage_error(HUB_TAR_CONFLICT)
+        return usage_error(PROGRAM, HUB_TAR_CONFLICT)
     if not os.path.isdir(FLAGS.model_dir):
-        return _usage_error(f"--model_dir {FLAGS.model_dir} is not a directory")
+        return usage_error(PROGRAM, f"--model_dir {FLAGS.model_dir} is not a directory")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
-        return _usage_error(f"--export_dir {FLAGS.export_dir} exists and is not a directory")
+        return usage_error(PROGRAM,
+                           f"--export_dir {FLAGS.export_dir} exists and is not a directory")
 
     from selfsup.models.registry import ConfigError
 
@@ -156,25 +159,12 @@ def main(argv: list[str]) -> int:
         path = _export(FLAGS.model_dir, FLAGS.export_dir, FLAGS.model_name, FLAGS.version,
                        FLAGS.format, FLAGS.what, FLAGS.asset_path)
     except (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        return _usage_error(str(error))
+        return usage_error(PROGRAM, str(error))
     print(path)
     return 0
-
-
-def _usage_error(message: str) -> int:
-    print(f"selfsup-export: error: {message}", file=sys.stderr)
-    return USAGE_ERROR
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, but a bad flag is one line on stderr and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(_usage_error(str(error)))
 
 
 def run() -> None:
     """Console-script entry point."""
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=one_line_flag_parser(PROGRAM))

@@ -31,7 +31,10 @@ import sys
 
 from absl import app, flags
 
-USAGE_ERROR = 2
+from selfsup.export.cli import one_line_flag_parser, usage_error
+
+PROGRAM = "selfsup-serve"
+
 DEFAULT_PORT = 8501
 DEFAULT_MAX_REQUEST_MB = 64
 
@@ -92,11 +95,11 @@ def model_base_paths(model_name: str | None, model_base_path: str | None,
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        return _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        return usage_error(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         models = model_base_paths(FLAGS.model_name, FLAGS.model_base_path, FLAGS.model_config)
     except app.UsageError as error:
-        return _usage_error(str(error))
+        return usage_error(PROGRAM, str(error))
 
     from werkzeug.serving import make_server
 
@@ -109,9 +112,10 @@ def main(argv: list[str]) -> int:
                              create_app(repository, FLAGS.max_request_mb * 1024 * 1024),
                              threaded=True)
     except ConfigError as error:
-        return _usage_error(str(error))
+        return usage_error(PROGRAM, str(error))
     except OSError as error:  # Port in use, address not available.
-        return _usage_error(f"cannot listen on {FLAGS.host}:{FLAGS.port}: {error.strerror}")
+        return usage_error(PROGRAM,
+                           f"cannot listen on {FLAGS.host}:{FLAGS.port}: {error.strerror}")
     address = f"http://{FLAGS.host}:{server.server_port}"
     for name in repository.base_paths:
         print(f"serving {name} versions {repository.versions(name)} at "
@@ -126,19 +130,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _usage_error(message: str) -> int:
-    print(f"selfsup-serve: error: {message}", file=sys.stderr)
-    return USAGE_ERROR
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, but a bad flag is one line on stderr and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(_usage_error(str(error)))
-
-
 def run() -> None:
     """Console-script entry point."""
     define_flags()
@@ -149,7 +140,7 @@ def run() -> None:
     # --help lists the key flags of the module named by argv[0] (the wrapper, for a script).
     for name in _FLAG_NAMES:
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=one_line_flag_parser(PROGRAM))
 
 
 if __name__ == "__main__":

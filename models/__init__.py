@@ -2,7 +2,8 @@
 registry."""
 
 # Importing a family's module registers its backbones (2D: alexnet … vgg; video: c3d, lrcn,
-# two_stream, video_resnet); hub_backbone resolves every "hub:<path or URL>".
+# two_stream, video_resnet; point clouds: pointnet); hub_backbone resolves every
+# "hub:<path or URL>".
 from selfsup.models import (  # noqa: F401
     alexnet,
     c3d,
@@ -10,6 +11,7 @@ from selfsup.models import (  # noqa: F401
     googlenet,
     hub_backbone,
     lrcn,
+    pointnet,
     resnet,
     two_stream,
     vgg,

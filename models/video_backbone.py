@@ -17,6 +17,7 @@ from collections.abc import Callable
 import keras
 
 from selfsup.models.backbone import BACKBONES, Backbone
+from selfsup.models.pointnet import is_point_backbone
 from selfsup.models.registry import ConfigError
 
 CLIP_RANK = 5  # [batch, time, height, width, channels]
@@ -46,12 +47,16 @@ def video_backbone_names() -> list[str]:
 
 
 def check_backbone_modality(name: str, video: bool) -> None:
-    """ConfigError unless backbone ``name`` takes clips (``video``) or images (not ``video``)."""
-    if is_video_backbone(name) == video:
+    """ConfigError unless backbone ``name`` takes clips (``video``) or images (not ``video``);
+    point-cloud backbones take neither."""
+    points = is_point_backbone(name)
+    if is_video_backbone(name) == video and not points:
         return
+    kind = "point clouds" if points else "images" if video else "video clips"
     if video:
-        raise ConfigError(f"backbone {name!r} takes images, this task takes video; video "
+        raise ConfigError(f"backbone {name!r} takes {kind}, this task takes video; video "
                           f"backbones: {', '.join(video_backbone_names())}")
-    image_names = [n for n in BACKBONES.names() if n not in _VIDEO_BACKBONE_NAMES]
-    raise ConfigError(f"backbone {name!r} takes video clips, this task takes images; image "
+    image_names = [n for n in BACKBONES.names()
+                   if n not in _VIDEO_BACKBONE_NAMES and not is_point_backbone(n)]
+    raise ConfigError(f"backbone {name!r} takes {kind}, this task takes images; image "
                       f"backbones: {', '.join(image_names)}")

@@ -18,6 +18,7 @@ from selfsup.tasks import (
     moco,  # noqa: F401  (registers "moco")
     multitask,  # noqa: F401  (registers "multitask")
     opn,  # noqa: F401  (registers "opn")
+    pointcloud_ae,  # noqa: F401  (registers "pointcloud_ae")
     relative_position,  # noqa: F401  (registers "relative_position")
     rotnet,  # noqa: F401  (registers "rotnet")
     rotnet3d,  # noqa: F401  (registers "rotnet3d")

@@ -71,8 +71,11 @@ def build_encoder(run_config: dict[str, Any], seed: int | None = None) -> keras.
 
 def encoder_example_input(encoder: keras.Model, run_config: dict[str, Any]) -> tf.Tensor:
     """One zero image ``[1, s, s, 3]`` (or clip ``[1, clip_length, s, s, 3]`` for a video
-    encoder) of the run's input size: calling the encoder on it builds every variable."""
+    encoder; zero points ``[1, num_points, 3]`` for a point-cloud encoder) of the run's input
+    size: calling the encoder on it builds every variable."""
     size = run_config["image_size"]
+    if getattr(encoder, "input_rank", 4) == 3:
+        return tf.zeros([1, run_config.get("num_points", 1), 3])
     if getattr(encoder, "input_rank", 4) == 5:
         return tf.zeros([1, run_config.get("clip_length", 1), size, size, 3])
     return tf.zeros([1, size, size, 3])

@@ -130,6 +130,8 @@ class VideoTask(Task):
 def check_task_modality(task: type[Task], config: TaskConfig) -> None:
     """ConfigError unless the backbone and dataset take what ``task`` takes (clips or images),
     naming the valid backbones: a mismatch must fail before anything is built."""
+    if getattr(task, "takes_point_clouds", False):
+        return  # its config checks that backbone and dataset take point clouds
     video = issubclass(task, VideoTask)
     check_backbone_modality(config.backbone, video=video)
     if is_video_dataset(config.dataset, config.data_dir) != video:

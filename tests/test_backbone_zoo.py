@@ -12,6 +12,7 @@ from helpers import assert_export_reproduces
 from selfsup.datasets import open_source, open_video_source
 from selfsup.export import export_encoder
 from selfsup.models import BACKBONES
+from selfsup.models.pointnet import is_point_backbone
 from selfsup.models.video_backbone import is_video_backbone, video_backbone_names
 from selfsup.tasks import TaskConfig, task_class
 from selfsup.tasks.linear_probe import LinearClassifierConfig, linear_probe
@@ -32,7 +33,8 @@ SLOW_BACKBONES = {"resnet34", "resnet50", "googlenet_bn", "densenet121", "alexne
 
 @pytest.mark.parametrize("backbone", [
     pytest.param(name, marks=pytest.mark.slow) if name in SLOW_BACKBONES else name
-    for name in BACKBONES.names() if not is_video_backbone(name)])
+    for name in BACKBONES.names()
+    if not is_video_backbone(name) and not is_point_backbone(name)])
 def test_backbone_trains_rotnet_exports_and_probes(backbone, tmp_path):
     keras.utils.set_random_seed(0)
     task = task_class("rotnet")(TaskConfig(backbone=backbone, image_size=IMAGE_SIZE,

@@ -215,15 +215,20 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.T
     sigma = tf.reshape(tf.cast(sigma, images.dtype), [-1, 1])
     weights = tf.exp(-tf.square(offsets)[None, :] / (2.0 * tf.square(sigma)))
     weights /= tf.reduce_sum(weights, axis=1, keepdims=True)          # [b, k]
-    weights = tf.reshape(weights, [-1, 1, 1, 1, kernel_size])
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    shape = tf.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
     padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
-    # One shifted view per kernel tap (not per image): the batch stays vectorised.
-    rows = tf.stack([padded[:, :, tap:tap + width, :] for tap in range(kernel_size)], axis=-1)
-    blurred = tf.reduce_sum(rows * weights, axis=-1)
-    columns = tf.stack([blurred[:, tap:tap + height, :, :] for tap in range(kernel_size)],
-                       axis=-1)
-    return tf.reduce_sum(columns * weights, axis=-1)
+    # The batch's channels side by side as the channels of one image, so a depthwise
+    # convolution gives each image its own kernel in one op (10× faster than summing shifted
+    # copies, measured at 128 × 28 px in the input pipeline, issue 11).
+    planes = tf.reshape(tf.transpose(padded, [1, 2, 0, 3]),
+                        [1, height + 2 * radius, width + 2 * radius, batch * channels])
+    taps = tf.transpose(tf.repeat(weights, channels, axis=0))        # [k, b·c]
+    rows = tf.nn.depthwise_conv2d(planes, tf.reshape(taps, [1, kernel_size, -1, 1]),
+                                  [1, 1, 1, 1], "VALID")
+    blurred = tf.nn.depthwise_conv2d(rows, tf.reshape(taps, [kernel_size, 1, -1, 1]),
+                                     [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(blurred, [height, width, batch, channels]), [2, 0, 1, 3])
 
 
 def random_gaussian_blur(images: tf.Tensor, seed, probability: float = 0.5,

@@ -181,8 +181,11 @@ class ColorPredictionTask(Task):
         self._sample_batch: tf.Tensor | None = None
 
     def build_backbone(self) -> LightnessEncoder:
-        # Wraps whatever the base class gives (the shared encoder inside ``multitask``).
-        return LightnessEncoder(super().build_backbone(), name=BACKBONE_NAME)
+        # Wraps whatever the base class gives (the shared encoder inside ``multitask``). The
+        # wrapper runs in float32 under a mixed policy: Keras would otherwise cast its RGB input
+        # to bfloat16/float16 before the Lab conversion (which needs float32); the inner
+        # backbone still computes in the policy's dtype.
+        return LightnessEncoder(super().build_backbone(), name=BACKBONE_NAME, dtype="float32")
 
     def build_model(self) -> PretextModel:
         config = self.config

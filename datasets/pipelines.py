@@ -31,6 +31,10 @@ def raw_image_label_dataset(source: ImageSource, split: str, image_size: int,
     if input_context is not None and input_context.num_input_pipelines > 1:
         read_config = tfds.ReadConfig(input_context=input_context)
     dataset = source.builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    if source.is_folder:
+        # Files that fail to decode are dropped with a warning instead of ending the run: splits
+        # too big to check when opened, or files damaged since (image_folder module docstring).
+        dataset = dataset.ignore_errors(log_warning=True)
     if first is not None:
         dataset = dataset.take(first)
 

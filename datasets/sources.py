@@ -1,7 +1,9 @@
 """Image sources: any tensorflow-datasets image dataset, or a plain folder of images.
 
 ``--dataset`` takes a tfds name (``cifar10``, ``stl10``, ``imagenet2012`` with manual files, …)
-or ``image_folder:<root>`` for ``<root>/<split>/<label>/<image>`` trees (tfds's ImageFolder).
+or ``image_folder:<root>`` for ``<root>/<split>/<label>/<image>`` trees (tfds's ImageFolder,
+checked when opened: files that do not decode are skipped and listed, see
+:mod:`selfsup.datasets.image_folder`).
 Fashion-MNIST is prepared offline from Debian's copy when that is installed (see
 :mod:`selfsup.datasets.fashion_mnist_local`); everything else is tfds's normal path.
 """
@@ -10,10 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from selfsup.datasets.fashion_mnist_local import prepare_local_fashion_mnist
+from selfsup.datasets.image_folder import (
+    IMAGE_EXTENSIONS,
+    CheckedImageFolder,
+    open_image_folder,
+    skipped_message,
+)
 from selfsup.models.registry import ConfigError
 
 IMAGE_FOLDER_PREFIX = "image_folder:"
@@ -27,6 +34,16 @@ class ImageSource:
     builder: tfds.core.DatasetBuilder
     image_key: str
     label_key: str | None
+
+    @property
+    def is_folder(self) -> bool:
+        """Whether this is an ``image_folder:`` (files checked when opened)."""
+        return isinstance(self.builder, CheckedImageFolder)
+
+    def skipped_report(self, split: str) -> str | None:
+        """One line naming the files of ``split`` skipped as unreadable (None: none were)."""
+        skipped = self.builder.skipped.get(split.split("[")[0]) if self.is_folder else None
+        return skipped_message(split, skipped) if skipped else None
 
     @property
     def splits(self) -> list[str]:
@@ -57,16 +74,20 @@ class ImageSource:
                           f"(splits: {', '.join(self.splits)})")
 
     def check_split(self, split: str) -> None:
+        """ConfigError unless ``split`` exists and holds images (folders: whole splits only)."""
         base = split.split("[")[0]
+        layout = (f" (an image folder's splits are <root>/<split>/<label>/ folders of "
+                  f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files)" if self.is_folder else "")
         if base not in self.builder.info.splits:
             raise ConfigError(f"dataset {self.name!r} has no split {base!r}; "
-                              f"splits: {', '.join(self.splits)}")
-
-
-def _image_folder(root: str) -> tfds.core.DatasetBuilder:
-    if not tf.io.gfile.isdir(root):
-        raise ConfigError(f"image folder {root!r} does not exist")
-    return tfds.folder_dataset.ImageFolder(root)
+                              f"splits: {', '.join(self.splits)}{layout}")
+        if self.is_folder and base != split:
+            raise ConfigError(f"image folders take whole splits, not {split!r}: "
+                              f"use --train_split={base} (or a folder of the images wanted)")
+        if not self.num_examples(base):
+            skipped = self.skipped_report(base)
+            raise ConfigError(f"split {base!r} of {self.name!r} holds no readable images"
+                              f"{'; ' + skipped if skipped else ''}{layout}")
 
 
 def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -93,7 +114,7 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 def open_source(dataset: str, data_dir: str | None = None) -> ImageSource:
     """Resolves ``dataset`` to an :class:`ImageSource`, preparing tfds data when needed."""
     if dataset.startswith(IMAGE_FOLDER_PREFIX):
-        builder = _image_folder(dataset[len(IMAGE_FOLDER_PREFIX):])
+        builder = open_image_folder(dataset[len(IMAGE_FOLDER_PREFIX):])
     else:
         builder = _tfds_builder(dataset, data_dir)
     features = builder.info.features

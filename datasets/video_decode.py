@@ -46,9 +46,10 @@ def video_frame_rate(path: str | os.PathLike) -> float:
         capture.release()
 
 
-def check_video(path: str | os.PathLike) -> None:
+def check_video(path: str | os.PathLike) -> int:
     """Raises :class:`VideoDecodeError` naming ``path`` unless it opens and its first frame
-    decodes (cheap: one frame)."""
+    decodes (cheap: one frame); returns the container's declared frame count (0: unknown),
+    an upper bound of the decodable frames for the files seen here."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VideoDecodeError(f"video file {path!r} does not exist")
@@ -58,14 +59,19 @@ def check_video(path: str | os.PathLike) -> None:
             raise VideoDecodeError(_cannot_open(path))
         ok, frame = capture.read()
         if not ok or frame is None:
-            raise VideoDecodeError(f"video file {path!r} has no decodable frame")
+            raise VideoDecodeError(_no_frame(path))
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
     finally:
         capture.release()
 
 
 def _cannot_open(path: str) -> str:
     return (f"cannot open {path!r} as a video (extensions: {', '.join(VIDEO_EXTENSIONS)}; "
-            "gunzip .gz files first)")
+            "gunzip .gz files first; remove or re-encode a damaged file)")
+
+
+def _no_frame(path: str) -> str:
+    return f"video file {path!r} has no decodable frame; remove or re-encode it"
 
 
 def decode_video(path: str | os.PathLike, frame_size: int | None) -> np.ndarray:
@@ -101,5 +107,5 @@ def decode_video(path: str | os.PathLike, frame_size: int | None) -> np.ndarray:
     finally:
         capture.release()
     if not frames:
-        raise VideoDecodeError(f"video file {path!r} has no decodable frame")
+        raise VideoDecodeError(_no_frame(path))
     return np.stack(frames)

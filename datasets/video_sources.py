@@ -16,9 +16,11 @@ none), int64 video_index)``, the index being the video's position in file order 
 Memory: a split of at most :data:`CACHE_MAX_VIDEOS` videos is decoded once and cached (uint8);
 bigger splits are decoded on the fly and, when shuffled, shuffled as file names / encoded records
 *before* decoding, so shuffle buffers never hold many decoded videos. A folder split that small
-is also checked file by file (open + first frame) when its pipeline is built, so a broken file
-is a one-line :class:`~selfsup.datasets.video_decode.VideoDecodeError` then, not an error
-inside tf.data later (where the message still names the file).
+is also checked file by file (open + first frame) before training (``selfsup-train``'s
+preflight) or when its pipeline is built, so a broken file is a one-line
+:class:`~selfsup.datasets.video_decode.VideoDecodeError` naming it, not an error inside tf.data
+later; in bigger folder splits a file that fails to decode is skipped with a logged warning
+naming it.
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class VideoSource(abc.ABC):
     def _reference_shuffle_buffer(self, split: str) -> int:
         return max(1, self.num_videos(split))
 
+    def _drops_undecodable(self, split: str) -> bool:
+        """Whether videos that fail to decode are dropped (with a warning) instead of ending
+        the run."""
+        return False
+
     @property
     @abc.abstractmethod
     def location(self) -> str:
@@ -137,6 +144,8 @@ class VideoSource(abc.ABC):
         videos = references.map(
             lambda reference, label, index: (self._decode(reference, frame_size), label, index),
             num_parallel_calls=AUTOTUNE)
+        if self._drops_undecodable(split):
+            videos = videos.ignore_errors(log_warning=True)
         if cache:
             videos = videos.cache()
             if shuffle_seed is not None:
@@ -168,7 +177,7 @@ class VideoFolderSource(VideoSource):
                 f"(extensions: {', '.join(VIDEO_EXTENSIONS)})")
         self._class_names = sorted({label for files in self._files.values()
                                     for label, _ in files})
-        self._checked: set[str] = set()
+        self._declared_frames: dict[str, list[int]] = {}
 
     @property
     def splits(self) -> list[str]:
@@ -195,12 +204,28 @@ class VideoFolderSource(VideoSource):
         self.check_split(split)
         return [self._class_names.index(label) for label, _ in self._files[split]]
 
+    def is_checked(self, split: str) -> bool:
+        """Whether :meth:`declared_frames` opens the split's files (small splits only)."""
+        return self.num_videos(split) <= CACHE_MAX_VIDEOS
+
+    def declared_frames(self, split: str) -> list[int] | None:
+        """Opens every video of a split of at most :data:`CACHE_MAX_VIDEOS` once (first frame
+        decoded; a broken file is a one-line VideoDecodeError naming it) and returns their
+        declared frame counts in file order (0: unknown); None for bigger splits."""
+        if not self.is_checked(split):
+            return None
+        if split not in self._declared_frames:
+            self._declared_frames[split] = [check_video(path) for path in self.video_paths(split)]
+        return self._declared_frames[split]
+
+    def _drops_undecodable(self, split: str) -> bool:
+        # Splits too big to open file by file up front: the decode error names the file, and
+        # the warning carries it.
+        return not self.is_checked(split)
+
     def _references(self, split, input_context, first, shuffle_seed):
         paths, labels = self.video_paths(split), self.labels(split)
-        if split not in self._checked and len(paths) <= CACHE_MAX_VIDEOS:
-            for path in paths:
-                check_video(path)
-            self._checked.add(split)
+        self.declared_frames(split)
         count = len(paths) if first is None else min(first, len(paths))
         dataset = tf.data.Dataset.from_tensor_slices((
             tf.constant(paths[:count], tf.string),

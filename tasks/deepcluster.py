@@ -16,7 +16,8 @@ bias, and a fresh optimizer for it (here: its momentum/moment slots are zeroed).
 
 Clustering runs on the host in ``begin_epoch`` (eager, once per process, outside
 ``strategy.run``), so every replica of a MirroredStrategy trains on the same assignments and
-the same head initialisation.
+the same head initialisation; with several worker processes each clusters and then all take
+the chief's assignments (:func:`~selfsup.tasks.multi_worker.broadcast_from_chief`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from selfsup.tasks.clustering import (
     nmi,
     uniform_over_clusters,
 )
+from selfsup.tasks.multi_worker import broadcast_from_chief
 
 HEAD_INIT_STDDEV = 0.01  # official DeepCluster code: top layer weights ~ N(0, 0.01²), bias 0
 # Sobel kernels of the official code (a fixed conv after averaging RGB to gray); x then y.
@@ -251,6 +253,8 @@ class DeepClusterTask(Task):
         seed = _epoch_seed(config.seed, epoch)
         assignments = cluster_features(self.extract_features(model), config.num_clusters,
                                        config.pca_dim, seed, config.kmeans_iterations)
+        # Several workers cluster on their own hosts; the chief's result is the one all use.
+        assignments = broadcast_from_chief(strategy, assignments)
         logs = {"nonempty_clusters": float(len(np.unique(assignments)))}
         if self._assignments is not None:
             logs["nmi_previous"] = nmi(self._assignments, assignments)

@@ -40,6 +40,8 @@ def main(argv: list[str]) -> None:
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # tfds logs every file it opens at INFO
+    from selfsup.tasks.preemption import TrainingStopped
+
     try:
         from selfsup.export.export_main import export_trained_encoder
         from selfsup.tasks import TaskConfig
@@ -83,6 +85,8 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         print(f"selfsup-demo: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as stopped:  # SIGTERM / Ctrl-C: the trainer said where it stopped.
+        sys.exit(stopped.exit_code)
     print()
     print(format_table(results))
     print(f"\nprobe results: {Path(model_dir) / 'eval' / 'linear_probe.json'}")

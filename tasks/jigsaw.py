@@ -86,6 +86,10 @@ class JigsawConfig(TaskConfig):
                               f"got {self.grayscale_probability}")
         if self.gap < 1:
             raise ConfigError(f"gap must be at least 1 px so tiles never touch, got {self.gap}")
+        for name in ("cell_size", "tile_size"):  # 0 would silently mean "derive it"
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive (or None: derived from "
+                                  f"image_size), got {getattr(self, name)}")
         if any(units < 1 for units in self.head_hidden_units):
             raise ConfigError(f"head_hidden_units must be positive, got {self.head_hidden_units}")
         jigsaw_grid(self)  # geometry errors surface with the config

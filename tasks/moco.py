@@ -208,6 +208,9 @@ class MoCoConfig(TaskConfig):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.projection_dim < 1 or any(u < 1 for u in self.projection_hidden_units):
+            raise ConfigError(f"projection sizes must be positive, got projection_dim "
+                              f"{self.projection_dim}, hidden {self.projection_hidden_units}")
         if not 0 < self.crop_min_area <= 1:
             raise ConfigError(f"crop_min_area must be in (0, 1], got {self.crop_min_area}")
         if not 0 <= self.blur_probability <= 1:

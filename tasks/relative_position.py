@@ -91,6 +91,10 @@ class RelativePositionConfig(TaskConfig):
                               f"{', '.join(COLOR_AUGMENTATIONS)}, got {self.color_augmentation!r}")
         if self.gap is not None and self.gap < 1:
             raise ConfigError(f"gap must be at least 1 px so patches never touch, got {self.gap}")
+        for name in ("cell_size", "patch_size"):  # 0 would silently mean "derive it"
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive (or None: derived from "
+                                  f"image_size), got {getattr(self, name)}")
         if any(units < 1 for units in self.head_hidden_units):
             raise ConfigError(f"head_hidden_units must be positive, got {self.head_hidden_units}")
         relative_position_grid(self)  # geometry errors surface with the config

@@ -9,7 +9,7 @@ tasks stay single-replica code.
 from __future__ import annotations
 
 import dataclasses
-import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,15 +20,17 @@ import tensorflow as tf
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import Task
 from selfsup.tasks.checkpoints import model_checkpoint
+from selfsup.tasks.distributed_inputs import replica_batches, through_data_service
+from selfsup.tasks.multi_worker import checkpoint_manager, is_chief
+from selfsup.tasks.nonfinite import NonFiniteSteps, TrainingError, all_finite, undo_if_not_finite
 from selfsup.tasks.optimization import make_optimizer, make_schedule
 from selfsup.tasks.pictures import image_grid, write_png
+from selfsup.tasks.preemption import StopSignals, TrainingStopped, stop_agreement
 
 MIXED_PRECISION_POLICIES = ("none", "mixed_bfloat16", "mixed_float16")
 SAMPLES_DIR = "samples"  # the tasks' pictures (Task.sample_images), inside the model dir
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+__all__ = ["Trainer", "TrainerConfig", "TrainingError", "TrainingStopped"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +49,24 @@ class TrainerConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     max_checkpoints: int = 3
+    # Undo steps with a non-finite loss or weights instead of stopping (tasks/nonfinite.py),
+    # and stop after this many of them in a row.
+    skip_nonfinite_steps: bool = False
+    max_consecutive_skips: int = 10
+    tf_data_service: str | None = None  # grpc://host:port of a tf.data service dispatcher
 
     def __post_init__(self) -> None:
-        for name in ("train_steps", "log_every", "checkpoint_every", "max_checkpoints"):
+        for name in ("train_steps", "log_every", "checkpoint_every", "max_checkpoints",
+                     "max_consecutive_skips"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.weight_decay < 0 or self.warmup_steps < 0:
             raise ConfigError("weight_decay and warmup_steps must not be negative")
+        if self.warmup_steps >= self.train_steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below train_steps "
+                              f"({self.train_steps}): the learning rate would never peak")
         if self.mixed_precision not in MIXED_PRECISION_POLICIES:
             raise ConfigError(f"unknown mixed precision policy {self.mixed_precision!r}; "
                               f"valid: {', '.join(MIXED_PRECISION_POLICIES)}")
@@ -76,7 +87,8 @@ class Trainer:
         self.task = task
         self.config = config
         self.strategy = strategy
-        self.out = out
+        # Progress lines come from the chief only (every worker would print the same).
+        self.out = out if is_chief(strategy) else open(os.devnull, "w")  # noqa: SIM115
         if config.mixed_precision != "none":
             keras.mixed_precision.set_global_policy(config.mixed_precision)
         with strategy.scope():
@@ -100,24 +112,28 @@ class Trainer:
         others = {f"optimizer_{name}": optimizer
                   for name, optimizer in list(self.optimizers.items())[1:]}
         self.checkpoint = model_checkpoint(self.model, optimizer=self.optimizer, **others)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
+        self.manager = checkpoint_manager(
+            strategy, self.checkpoint, config.model_dir, max_to_keep=config.max_checkpoints,
             step_counter=self.optimizer.iterations)
         self._step_fn = self._make_step_fn()
+        self._weights_finite = tf.function(lambda: all_finite(self._state_variables()))
 
     def _distributed_inputs(self, start_step: int):
         """The task's input pipeline, positioned where step ``start_step`` left it.
 
         Distributed iterators cannot be checkpointed, so a resumed run rebuilds the same seeded
-        stream and skips the batches already consumed (each step takes one batch per replica
-        fed by this pipeline); the skipped batches are cheap next to training steps.
+        stream and skips the batches already consumed (each step takes one batch per replica);
+        the skipped batches are cheap next to training steps. With several workers each keeps
+        its replicas' batches of that one stream (:func:`replica_batches`); with
+        ``tf_data_service`` the tf.data service computes them.
         """
 
         def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-            dataset = self.task.build_inputs(input_context)
-            batches_per_step = (input_context.num_replicas_in_sync
-                                // input_context.num_input_pipelines)
-            return dataset.skip(start_step * batches_per_step) if start_step else dataset
+            # Several workers: each keeps its replicas' share of the one-process stream.
+            dataset = replica_batches(self.task.build_inputs, input_context, start_step)
+            if self.config.tf_data_service:
+                dataset = through_data_service(dataset, self.config.tf_data_service)
+            return dataset
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -126,6 +142,9 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def _make_step_fn(self):
+        """``step_fn(iterator) -> (logs, finite)``: one step on every replica, its logs
+        averaged over them; with ``skip_nonfinite_steps``, a step that left the loss or the
+        model's weights non-finite is undone (``finite`` False), else ``finite`` is True."""
         task, model, metrics = self.task, self.model, self.metrics
         optimizer = self.optimizer if len(self.optimizers) == 1 else dict(self.optimizers)
 
@@ -133,13 +152,34 @@ class Trainer:
         def replica_step(inputs):
             return task.train_step(inputs, model, optimizer, metrics)
 
-        @tf.function
-        def step_fn(iterator):
+        def run_step(iterator):
             logs = self.strategy.run(replica_step, args=(next(iterator),))
             return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
                     for name, value in logs.items()}
 
-        return step_fn
+        if not self.config.skip_nonfinite_steps:
+            return tf.function(lambda iterator: (run_step(iterator), tf.constant(True)))
+        # Everything a step changes except the step counters (see tasks/nonfinite.py) and a
+        # float16 loss scale, which must keep falling after an overflow.
+        optimizers = [getattr(optimizer, "inner_optimizer", optimizer)
+                      for optimizer in self.optimizers.values()]
+        kept = {id(optimizer.iterations) for optimizer in optimizers}
+        restored = [variable for variable in [*model.variables,
+                                              *(v for o in optimizers for v in o.variables)]
+                    if id(variable) not in kept]
+        restored += [variable for metric in metrics for variable in metric.variables]
+        return tf.function(lambda iterator: undo_if_not_finite(
+            lambda: run_step(iterator), restored, model.variables))
+
+    def _state_variables(self) -> list:
+        """The model's and the optimizers' variables (what a checkpoint holds)."""
+        variables, seen = [], set()
+        optimizers = self.optimizers.values()
+        for variable in [*self.model.variables, *(v for o in optimizers for v in o.variables)]:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+        return variables
 
     def restore(self) -> int:
         """Restores the latest checkpoint of ``model_dir`` if any; returns the step reached."""
@@ -168,6 +208,8 @@ class Trainer:
     def _write_samples(self, step: int, writer) -> None:
         """The task's pictures at ``step``: ``<model_dir>/samples/<name>-<step>.png`` grids
         and TensorBoard images under ``samples/<name>``."""
+        if not is_chief(self.strategy):
+            return
         samples = self.task.sample_images(self.model)
         with writer.as_default(step=step):
             for name, images in samples.items():
@@ -177,8 +219,47 @@ class Trainer:
                 tf.summary.image(f"{SAMPLES_DIR}/{name}", grid[None], step=step)
                 print(f"samples {name}: {path}", file=self.out, flush=True)
 
+    def _log_progress(self, step: int, steps_per_sec: float, writer, skipped: int
+                      ) -> dict[str, float]:
+        """Prints a progress line, writes the summaries and resets the metrics; returns the
+        logged values."""
+        config = self.config
+        logs = {m.name: float(m.result().numpy()) for m in self.metrics}
+        logs["steps_per_sec"] = steps_per_sec
+        logs["learning_rate"] = self._learning_rate()
+        for metric in self.metrics:
+            metric.reset_state()
+        with writer.as_default(step=step):
+            for name, value in logs.items():
+                tf.summary.scalar(name, value)
+            if config.skip_nonfinite_steps:
+                tf.summary.scalar("skipped_steps", skipped)
+        eta = (config.train_steps - step) / max(steps_per_sec, 1e-9)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items()
+                          if k not in ("steps_per_sec", "learning_rate"))
+        print(f"step {step}/{config.train_steps}  {shown}  "
+              f"lr {logs['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "
+              f"ETA {format_duration(eta)}" + (f"  skipped {skipped}" if skipped else ""),
+              file=self.out, flush=True)
+        return logs
+
+    def _save(self, step: int) -> None:
+        """Saves ``ckpt-<step>``, unless a weight is not finite: such a checkpoint would only
+        resume into the same failure, so training stops with the last good one kept."""
+        if not bool(self._weights_finite()):
+            raise TrainingError(
+                f"weights are not finite after step {step} although its loss was (a "
+                f"non-finite gradient?); stopped without saving, the last good checkpoint is "
+                f"{self.manager.latest_checkpoint or 'none (no step saved yet)'}")
+        self.manager.save(checkpoint_number=step)
+
     def train(self) -> dict[str, float]:
-        """Runs until ``train_steps``; returns the last logged metrics."""
+        """Runs until ``train_steps``; returns the last logged metrics.
+
+        SIGTERM / SIGINT end the run after the step in flight: a checkpoint of that step is
+        saved and :class:`TrainingStopped` raised. A non-finite step raises
+        :class:`TrainingError` (or is undone, with ``skip_nonfinite_steps``).
+        """
         config = self.config
         start_step = self.restore()
         if start_step:
@@ -188,48 +269,53 @@ class Trainer:
             print(f"already trained for {start_step} steps (--train_steps={config.train_steps})",
                   file=self.out, flush=True)
             return {}
-        writer = tf.summary.create_file_writer(str(Path(config.model_dir) / "train"))
+        writer = (tf.summary.create_file_writer(str(Path(config.model_dir) / "train"))
+                  if is_chief(self.strategy) else tf.summary.create_noop_writer())
         epoch_steps = self.task.steps_per_epoch()
         iterator = None if epoch_steps else self._distributed_inputs(start_step)
+        nonfinite = NonFiniteSteps(config.skip_nonfinite_steps, config.max_consecutive_skips)
         last_logs: dict[str, float] = {}
         window_start, window_step = time.perf_counter(), start_step
         run_start = window_start
-        step = start_step
-        while step < config.train_steps:
-            if epoch_steps and (iterator is None or step % epoch_steps == 0):
-                paused = time.perf_counter()
-                iterator = self._begin_epoch(step, epoch_steps, writer)
-                window_start += time.perf_counter() - paused  # steps/s counts training only
-            logs = self._step_fn(iterator)
-            step += 1
-            if step % config.log_every == 0 or step == config.train_steps:
-                loss = float(logs["loss"].numpy())
-                if not math.isfinite(loss):
-                    raise TrainingError(f"loss is {loss} at step {step}; the last good "
-                                        f"checkpoint is {self.manager.latest_checkpoint}")
-                now = time.perf_counter()
-                steps_per_sec = (step - window_step) / max(now - window_start, 1e-9)
-                last_logs = {m.name: float(m.result().numpy()) for m in self.metrics}
-                last_logs["steps_per_sec"] = steps_per_sec
-                last_logs["learning_rate"] = self._learning_rate()
-                for metric in self.metrics:
-                    metric.reset_state()
-                with writer.as_default(step=step):
-                    for name, value in last_logs.items():
-                        tf.summary.scalar(name, value)
-                eta = (config.train_steps - step) / max(steps_per_sec, 1e-9)
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in last_logs.items()
-                                  if k not in ("steps_per_sec", "learning_rate"))
-                print(f"step {step}/{config.train_steps}  {shown}  "
-                      f"lr {last_logs['learning_rate']:.4g}  {steps_per_sec:.2f} steps/s  "
-                      f"ETA {format_duration(eta)}",
-                      file=self.out, flush=True)
-                window_start, window_step = now, step
-            if step % config.checkpoint_every == 0 or step == config.train_steps:
-                self.manager.save(checkpoint_number=step)
-                self._write_samples(step, writer)
+        step = saved_step = start_step
+        stop_agreed = stop_agreement(self.strategy)
+        stopping = False
+        with StopSignals() as stop:
+            while step < config.train_steps:
+                stopping = stop_agreed(stop.received is not None)
+                if stopping:
+                    break
+                if epoch_steps and (iterator is None or step % epoch_steps == 0):
+                    paused = time.perf_counter()
+                    iterator = self._begin_epoch(step, epoch_steps, writer)
+                    window_start += time.perf_counter() - paused  # steps/s counts training only
+                logs, finite = self._step_fn(iterator)
+                step += 1
+                # Every step, not just logged ones, so no checkpoint follows a bad step: one
+                # scalar read per step (the step has finished by then on CPU anyway).
+                nonfinite.after_step(step, float(logs["loss"]), bool(finite),
+                                     self.manager.latest_checkpoint)
+                if step % config.log_every == 0 or step == config.train_steps:
+                    now = time.perf_counter()
+                    last_logs = self._log_progress(
+                        step, (step - window_step) / max(now - window_start, 1e-9), writer,
+                        nonfinite.skipped)
+                    window_start, window_step = now, step
+                if step % config.checkpoint_every == 0 or step == config.train_steps:
+                    self._save(step)
+                    saved_step = step
+                    self._write_samples(step, writer)
+            if stopping:
+                if step != saved_step or not self.manager.latest_checkpoint:
+                    self._save(step)
+                writer.flush()
+                stopped = TrainingStopped(stop.received, step, self.manager.latest_checkpoint)
+                print(stopped, file=self.out, flush=True)
+                raise stopped
         writer.flush()
         elapsed = time.perf_counter() - run_start
+        skipped = (f"; {nonfinite.skipped} non-finite step(s) skipped"
+                   if nonfinite.skipped else "")
         print(f"trained steps {start_step}..{step} in {format_duration(elapsed)}; "
-              f"checkpoint {self.manager.latest_checkpoint}", file=self.out, flush=True)
+              f"checkpoint {self.manager.latest_checkpoint}{skipped}", file=self.out, flush=True)
         return last_logs

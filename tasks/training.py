@@ -12,13 +12,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import keras
 import tensorflow as tf
 
 from selfsup.models import BACKBONES
 from selfsup.models.registry import ConfigError
 from selfsup.tasks.base import TaskConfig, task_class
 from selfsup.tasks.checkpoints import RUN_CONFIG_FILE, read_run_config, write_run_config
+from selfsup.tasks.determinism import seed_everything
+from selfsup.tasks.multi_worker import is_chief
+from selfsup.tasks.preflight import preflight
 from selfsup.tasks.strategies import make_strategy
 from selfsup.tasks.trainer import Trainer, TrainerConfig
 from selfsup.tasks.video_base import check_task_modality
@@ -75,10 +77,10 @@ def run_training(task_name: str, task_config: TaskConfig, trainer_config: Traine
         strategy = make_strategy(strategy, num_cpu_replicas)
     task = cls(task_config)
     source = task.source  # opened (and prepared if needed) now: bad names fail before work
-    keras.utils.set_random_seed(task_config.seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    write_run_config(model_dir, task_name, task_config, dataclasses.asdict(trainer_config))
+    preflight(task, strategy, out)  # batch vs replicas, video lengths, skipped files
+    seed_everything(task_config.seed, deterministic)
+    if is_chief(strategy):  # other workers would race the chief writing the same file
+        write_run_config(model_dir, task_name, task_config, dataclasses.asdict(trainer_config))
     print(f"training {task_name} / {task_config.backbone} on {source.name} "
           f"({strategy.num_replicas_in_sync} replica(s), global batch "
           f"{task_config.global_batch_size}) into {model_dir}", file=out, flush=True)

@@ -21,6 +21,19 @@ from helpers import run_cli
          "dataset 'fashion_mnist' holds images, but this task takes video"),
         ("--task=rotnet3d --backbone=resnet18",
          "backbone 'resnet18' takes images, this task takes video; video backbones: c3d"),
+        ("--batch_size=3 --num_cpu_replicas=2",
+         "batch size 3 does not split evenly over 2 replicas; use a multiple of 2"),
+        # Each run costs a TensorFlow start; more combinations run in-process in
+        # test_preflight.py, and these three only in the slow run.
+        pytest.param("--task=moco --task_param=queue_size=100",
+                     "queue_size 100 must be a positive multiple of the global batch size 64",
+                     marks=pytest.mark.slow),
+        pytest.param("--task=rotnet3d --image_size=32 --task_param=frame_size=32 "
+                     "--task_param=clip_length=700", "training windows span 700 frames",
+                     marks=pytest.mark.slow),
+        pytest.param("--warmup_steps=1000",
+                     "warmup_steps (1000) must be below train_steps (1000)",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_bad_training_flags_give_one_line_errors(tmp_path, flag, message):

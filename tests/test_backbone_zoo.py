@@ -23,12 +23,17 @@ from selfsup.tasks.video_eval import video_probe_results
 IMAGE_SIZE = 28  # Fashion-MNIST as it is: the smallest input every backbone must take
 
 
-# Deep networks whose zoo check takes 40–90 s here (mostly tracing the gradient graph); their
-# family is covered by a faster sibling by default (resnet18, googlenet) or, for DenseNet-121,
-# by the Keras-applications equivalence test. AlexNet and VGG-16 as published (no BatchNorm,
-# ~27 s each) are covered by their BN siblings, which share every other layer, and by the
-# paper-count tests. `make test-slow` runs them all.
-SLOW_BACKBONES = {"resnet34", "resnet50", "googlenet_bn", "densenet121", "alexnet", "vgg16"}
+# The default run keeps one network per code path: resnet_small (every ResNet: the same blocks
+# and stem code as ResNet-18/34/50) and AlexNet-BN (a plain convolution stack).
+# The rest take 30–90 s each here (mostly tracing the gradient graph) and are covered by the
+# paper-count and endpoint tests (test_backbones_paper.py, test_backbones_keras.py: parameter
+# counts, shapes, Keras-applications equivalence for DenseNet-121); VGG-16 and GoogLeNet share
+# no code with the default two, so `make test-slow` runs their full checks.
+SLOW_BACKBONES = {"resnet18", "resnet34", "resnet50", "googlenet", "googlenet_bn",
+                  "densenet121", "alexnet", "vgg16", "vgg16_bn"}
+# R(2+1)D-18 and MC3-18 are the VideoResNet of r3d_18 with other block kinds (their shapes and
+# parameter counts are checked against torchvision in test_video_backbones.py).
+SLOW_VIDEO_BACKBONES = {"r2plus1d_18", "mc3_18"}
 
 
 @pytest.mark.parametrize("backbone", [
@@ -84,7 +89,9 @@ def test_backbone_trains_rotnet_exports_and_probes(backbone, tmp_path):
     assert all(value > 30.0 for value in top1.values()), top1
 
 
-@pytest.mark.parametrize("backbone", video_backbone_names())
+@pytest.mark.parametrize("backbone", [
+    pytest.param(name, marks=pytest.mark.slow) if name in SLOW_VIDEO_BACKBONES else name
+    for name in video_backbone_names()])
 def test_video_backbone_trains_rotnet3d_exports_and_probes(backbone, tmp_path):
     keras.utils.set_random_seed(0)
     # 1/8 width, 4 frames of 32 px: about the plumbing, not the network's capacity.

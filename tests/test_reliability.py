@@ -191,6 +191,7 @@ def test_skipped_nonfinite_steps_leave_every_replica_as_before(tmp_path, two_rep
     assert "1 non-finite step(s) skipped" in log
 
 
+@pytest.mark.slow  # The message itself is checked in-process by the NaN-stop tests above.
 def test_a_diverging_run_ends_with_one_line_naming_the_step(tmp_path):
     """``selfsup-train`` with a learning rate of 1e30: the weights overflow after step 1 and
     step 2's loss is NaN; exit 1, one line, no traceback, nothing saved."""

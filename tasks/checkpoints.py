@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.atomic_files import write_json_atomically
 from selfsup.tasks.base import BACKBONE_NAME, Task, TaskConfig, task_class
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -34,10 +35,7 @@ def write_run_config(model_dir: str | Path, task_name: str, task_config: TaskCon
     """Writes ``run_config.json`` (atomically) and returns what it wrote."""
     run_config = {"task": task_name, **dataclasses.asdict(task_config),
                   "trainer": trainer_settings}
-    path = Path(model_dir) / RUN_CONFIG_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json_atomically(Path(model_dir) / RUN_CONFIG_FILE, run_config, sort_keys=True)
     return run_config
 
 

@@ -32,6 +32,7 @@ from absl import logging
 
 from selfsup.models.backbone import variable_map
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.atomic_files import write_json_atomically
 from selfsup.tasks.base import (
     BACKBONE_NAME,
     OptimizerGroup,
@@ -294,9 +295,5 @@ def write_finetune_results(model_dir: Path, results: dict[str, Any], started: fl
     """Stamps ``results["seconds"]`` (since ``started``, a ``perf_counter`` time) and writes
     them atomically to ``<model_dir>/eval/finetune.json``."""
     results["seconds"] = round(time.perf_counter() - started, 1)
-    path = model_dir / "eval" / FINETUNE_RESULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    path = write_json_atomically(model_dir / "eval" / FINETUNE_RESULTS_FILE, results)
     log(f"wrote {path} ({results['seconds']:.0f} s)")

@@ -23,8 +23,6 @@ Results go to ``<out_dir>/<protocol file>`` (``linear_probe.json``, ``knn.json``
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.atomic_files import write_json_atomically
 
 FROZEN_PROTOCOLS = ("linear", "knn", "svm", "lowshot")
 RESULTS_FILES = {"linear": "linear_probe.json", "knn": "knn.json", "svm": "svm.json",
@@ -178,13 +177,6 @@ def _headline_value(entry: dict[str, Any], key: str) -> float:
     return value["mean"] if isinstance(value, Mapping) else value
 
 
-def _write_json(path: Path, results: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(path)
-
-
 def evaluate_frozen(encoders: Mapping[str, Callable], settings: FrozenEvalSettings, *,
                     dataset: str, image_size: int | tuple[int, int] | None,
                     data_dir: str | None, out_dir: str | Path,
@@ -240,7 +232,7 @@ def evaluate_frozen(encoders: Mapping[str, Callable], settings: FrozenEvalSettin
                        for column in columns}
     results["seconds"] = round(time.perf_counter() - start, 1)
     path = Path(out_dir) / RESULTS_FILES[settings.protocol]
-    _write_json(path, results)
+    write_json_atomically(path, results)
     log(f"wrote {path} ({results['seconds']:.0f} s)")
     return results
 

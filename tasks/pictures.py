@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from selfsup.tasks.atomic_files import write_bytes_atomically
 
 GRID_PADDING = 2  # pixels of white between the cells of a grid
 
@@ -46,9 +47,4 @@ def interleave(*groups) -> tf.Tensor:
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Writes a uint8 ``[h, w, 3]`` image as PNG atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_bytes(tf.io.encode_png(tf.constant(image, tf.uint8)).numpy())
-    partial.replace(path)
-    return path
+    return write_bytes_atomically(path, tf.io.encode_png(tf.constant(image, tf.uint8)).numpy())

@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.models.registry import ConfigError
-from selfsup.tasks.zoo_bench import RECIPES, _write_json, machine_description
+from selfsup.tasks.atomic_files import write_json_atomically, write_text_atomically
+from selfsup.tasks.zoo_bench import RECIPES, machine_description
 
 SPEED_TASKS = ("rotnet", "jigsaw", "simclr", "moco", "colorization", "vcop")
 RESULTS_JSON, RESULTS_MARKDOWN = "speed.json", "speed.md"
@@ -504,13 +505,11 @@ def run_speed(settings: SpeedSettings, log: Callable[[str], None] = print) -> di
             results["rows"].append(row)
             results["mixed_precision"] = mixed_precision_rows(results["rows"])
             results["seconds"] = round(time.perf_counter() - start, 1)
-            _write_json(out_dir / RESULTS_JSON, results)
+            write_json_atomically(out_dir / RESULTS_JSON, results)
     caption = (f"selfsup-bench --mode=speed on {results['machine']} ({results['date']}, load "
                f"average {results['load_average'][0]:.1f} at the start); medians of "
                f"{settings.windows} windows.")
     markdown = f"{caption}\n\n{format_speed_tables(results)}\n"
-    partial = out_dir / f".{RESULTS_MARKDOWN}.tmp"
-    partial.write_text(markdown)
-    partial.replace(out_dir / RESULTS_MARKDOWN)
+    write_text_atomically(out_dir / RESULTS_MARKDOWN, markdown)
     log(markdown)
     return results

@@ -28,7 +28,6 @@ and a ``retrieval`` block); ``--protocol=finetune`` fine-tunes the encoder for a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.atomic_files import write_json_atomically
 from selfsup.tasks.clip_retrieval import retrieval_metrics
 from selfsup.tasks.features import DEFAULT_POOL_SIZE, extract_features
 from selfsup.tasks.linear_eval import COLUMNS
@@ -268,13 +268,6 @@ def _json_result(result: VideoProbeResult) -> dict[str, Any]:
             "nearest_neighbour": result.nearest_neighbour}
 
 
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def clip_settings(run_config: dict[str, Any]) -> dict[str, int]:
     """The run's clip geometry (a VideoTaskConfig's fields)."""
     return {"frame_size": run_config.get("frame_size", run_config["image_size"]),
@@ -349,7 +342,7 @@ def evaluate_video_linear(model_dir: str | Path, *, train_examples: int | None =
     from selfsup.tasks.linear_eval import RESULTS_FILE
 
     path = model_dir / "eval" / RESULTS_FILE
-    write_json(path, results)
+    write_json_atomically(path, results)
     log(f"wrote {path} ({results['seconds']:.0f} s)")
     return results
 

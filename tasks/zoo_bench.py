@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.models.registry import ConfigError
+from selfsup.tasks.atomic_files import write_json_atomically, write_text_atomically
 
 DEFAULT_BUDGET_SECONDS = 300.0  # CPU seconds
 DEFAULT_CALIBRATION_STEPS = 10
@@ -218,16 +219,10 @@ def planned_steps(task: str, recipe: Recipe, settings: BenchSettings, run_dir: P
     log(f"{task}: {cpu_per_step:.3f} CPU-s per step measured → {steps} steps for "
         f"{settings.budget_seconds:g} CPU-s")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(plan_path, {"budget_seconds": settings.budget_seconds,
+    write_json_atomically(plan_path, {"budget_seconds": settings.budget_seconds,
                             "cpu_seconds_per_step": round(cpu_per_step, 5),
                             "train_steps": steps})
     return steps
-
-
-def _write_json(path: Path, data: Any) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(path)
 
 
 def _probe(encoder, image_size: int, settings: BenchSettings, log: Callable[[str], None]
@@ -270,7 +265,7 @@ def bench_task(task: str, settings: BenchSettings, log: Callable[[str], None]
             "final_loss": round(logs["loss"], 4) if "loss" in logs else None,
             "recipe": {**dataclasses.asdict(recipe), "task_params": dict(recipe.task_params)},
             "top1": _probe(encoder, run_config["image_size"], settings, log)}
-    _write_json(row_path, row)
+    write_json_atomically(row_path, row)
     return row
 
 
@@ -336,14 +331,12 @@ def run_zoo(settings: BenchSettings, log: Callable[[str], None] = print) -> dict
                     "features pooled to 3×3, softmax regression, top-1 % on the test split",
         "rows": rows, "seconds": round(time.perf_counter() - start, 1),
     }
-    _write_json(out_dir / RESULTS_JSON, results)
+    write_json_atomically(out_dir / RESULTS_JSON, results)
     caption = (f"Linear probe top-1 (%) per layer on {settings.dataset} ({settings.backbone}, "
                f"{settings.probe_train_examples} labelled train images, the whole test split); "
                f"each method trained for {settings.budget_seconds:g} CPU-seconds on "
                f"{results['machine']} ({results['date']}).")
     markdown = f"{caption}\n\n{format_zoo_table(results)}\n"
-    partial = out_dir / f".{RESULTS_MARKDOWN}.tmp"
-    partial.write_text(markdown)
-    partial.replace(out_dir / RESULTS_MARKDOWN)
+    write_text_atomically(out_dir / RESULTS_MARKDOWN, markdown)
     log(markdown)
     return results

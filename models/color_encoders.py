@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from selfsup.datasets.color import rgb_to_lab
+from selfsup.datasets.color import rgb_to_lightness
 from selfsup.models.backbone import Backbone
 
 LIGHTNESS_RANGE = 100.0
@@ -21,7 +21,7 @@ LIGHTNESS_RANGE = 100.0
 
 def lightness_input(images: tf.Tensor) -> tf.Tensor:
     """RGB ``[b, h, w, 3]`` in [0, 1] → L / 100 ``[b, h, w, 3]`` (L repeated on 3 channels)."""
-    lightness = rgb_to_lab(images)[..., :1] / LIGHTNESS_RANGE
+    lightness = rgb_to_lightness(images) / LIGHTNESS_RANGE
     return tf.tile(lightness, [1, 1, 1, 3])
 
 

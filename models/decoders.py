@@ -14,7 +14,8 @@ a vector the decoder starts at ``ceil(output_size / 2ⁿ)`` with ``n = floor(log
 ``2s ≤ output_size``. Whatever is left (7·2⁵ = 224 exactly, but 13 → 208 for AlexNet's conv5 at
 224 px) is closed by a bilinear resize, so every backbone and input size works. Stage ``i`` of
 ``n`` has ``width · 2^(n−1−i)`` channels (halving towards the output, as DCGAN's 1024→128), and
-a 3×3 convolution maps the last one to ``output_channels`` (linear, or ``output_activation``).
+a convolution (3×3 by default, ``output_kernel_size``) maps the last one to ``output_channels``
+(linear, or ``output_activation``).
 """
 
 from __future__ import annotations
@@ -66,16 +67,17 @@ class ImageDecoder(keras.layers.Layer):
 
     def __init__(self, output_size: int, output_channels: int, input_size: int | None = None,
                  width: int = 32, output_activation: str | None = None,
-                 synchronized_bn: bool = False, **kwargs) -> None:
+                 synchronized_bn: bool = False, output_kernel_size: int = 3, **kwargs) -> None:
         super().__init__(**kwargs)
-        if output_channels < 1 or width < 1:
-            raise ValueError("output_channels and width must be positive")
+        if output_channels < 1 or width < 1 or output_kernel_size < 1:
+            raise ValueError("output_channels, width and output_kernel_size must be positive")
         self.output_size = output_size
         self.output_channels = output_channels
         self.input_size = input_size
         self.width = width
         self.output_activation = output_activation
         self.synchronized_bn = synchronized_bn
+        self.output_kernel_size = output_kernel_size
         self.start_size, stages = upsampling_plan(output_size, input_size)
         widths = [width * 2 ** (stages - 1 - i) for i in range(stages)]
         self.project = self.project_bn = None
@@ -92,7 +94,8 @@ class ImageDecoder(keras.layers.Layer):
         self.upsample_bn = [make_batch_norm(synchronized_bn, name=f"up{i + 1}_bn")
                             for i in range(stages)]
         self.reached_size = self.start_size * 2 ** stages
-        self.out = keras.layers.Conv2D(output_channels, 3, padding="same", name="out")
+        self.out = keras.layers.Conv2D(output_channels, output_kernel_size, padding="same",
+                                       name="out")
         self.activation = keras.activations.get(output_activation)
 
     def call(self, features, training=None):
@@ -112,4 +115,5 @@ class ImageDecoder(keras.layers.Layer):
         return {**super().get_config(), "output_size": self.output_size,
                 "output_channels": self.output_channels, "input_size": self.input_size,
                 "width": self.width, "output_activation": self.output_activation,
-                "synchronized_bn": self.synchronized_bn}
+                "synchronized_bn": self.synchronized_bn,
+                "output_kernel_size": self.output_kernel_size}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from selfsup.datasets.color import lab_to_rgb, rgb_to_lab
+from selfsup.datasets.color import lab_to_rgb, rgb_to_lab, rgb_to_lightness
 
 # Lab of the sRGB primaries and white with the D65 white point, as tabulated by colour
 # calculators (e.g. Lindbloom's) to two decimals.
@@ -52,6 +52,19 @@ def test_matches_a_scalar_reference_on_random_colours_including_dark_ones():
     assert (expected[:, 0] < 8).sum() >= 20
     # The printed matrix has 4 digits, so the two agree to a few hundredths, not to float eps.
     np.testing.assert_allclose(lab, expected, atol=0.05)
+
+
+def test_lightness_alone_has_the_published_and_scalar_reference_values():
+    rgb = np.array(list(KNOWN_LAB), np.float32)
+    lightness = rgb_to_lightness(tf.constant(rgb)).numpy()
+    assert lightness.shape == (len(KNOWN_LAB), 1)
+    np.testing.assert_allclose(lightness[:, 0], [lab[0] for lab in KNOWN_LAB.values()],
+                               atol=0.01)
+    rng = np.random.default_rng(1)
+    rgb = np.concatenate([rng.uniform(size=(40, 3)), rng.uniform(0, 0.04, size=(20, 3))])
+    expected = np.array([reference_lab(*colour)[0] for colour in rgb])
+    lightness = rgb_to_lightness(tf.constant(rgb[None], tf.float32)).numpy()[0, :, 0]
+    np.testing.assert_allclose(lightness, expected, atol=0.05)
 
 
 def test_grays_have_no_chroma_and_lightness_of_their_luminance():

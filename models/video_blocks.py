@@ -26,6 +26,7 @@ from __future__ import annotations
 import keras
 
 from selfsup.models.backbone import make_batch_norm
+from selfsup.models.conv3d import Conv3D
 
 CONV_KINDS = ("3d", "2d", "2plus1d")
 
@@ -33,8 +34,9 @@ CONV_KINDS = ("3d", "2d", "2plus1d")
 def conv3d(filters: int, kernel_size: tuple[int, int, int] | int,
            strides: tuple[int, int, int] | int = 1, name: str | None = None,
            use_bias: bool = False) -> keras.layers.Conv3D:
-    """A "same"-padded 3D convolution with He initialisation; bias-free unless ``use_bias``."""
-    return keras.layers.Conv3D(filters, kernel_size, strides=strides, padding="same",
+    """A "same"-padded 3D convolution with He initialisation; bias-free unless ``use_bias``
+    (:class:`~selfsup.models.conv3d.Conv3D`: right kernel gradients under bfloat16)."""
+    return Conv3D(filters, kernel_size, strides=strides, padding="same",
                                use_bias=use_bias, kernel_initializer="he_normal", name=name)
 
 

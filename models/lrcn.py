@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from selfsup.models.backbone import BACKBONES, FEATURE_ENDPOINT, build_backbone
+from selfsup.models.pointnet import is_point_backbone, point_backbone_names
 from selfsup.models.registry import ConfigError
 from selfsup.models.video_backbone import (
     VideoBackbone,
@@ -100,10 +101,12 @@ class LRCN(VideoBackbone):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if is_video_backbone(frame_backbone):
-            image_names = [n for n in BACKBONES.names() if n not in video_backbone_names()]
+        if is_video_backbone(frame_backbone) or is_point_backbone(frame_backbone):
+            other = {*video_backbone_names(), *point_backbone_names()}
+            image_names = [n for n in BACKBONES.names() if n not in other]
+            takes = "clips" if is_video_backbone(frame_backbone) else "point clouds"
             raise ConfigError(f"lrcn's frame_backbone takes images, {frame_backbone!r} takes "
-                              f"clips; image backbones: {', '.join(image_names)}")
+                              f"{takes}; image backbones: {', '.join(image_names)}")
         if lstm_units < 1:
             raise ConfigError(f"lstm_units must be a positive integer, got {lstm_units}")
         if width_multiplier <= 0:

@@ -229,6 +229,9 @@ def test_configs_round_trip(lrcn, two_stream):
 def test_wrong_modalities_and_motions_are_config_errors():
     with pytest.raises(ConfigError, match="takes images"):
         LRCN(frame_backbone="r3d_18")
+    with pytest.raises(ConfigError, match="takes point clouds; image backbones: ") as error:
+        LRCN(frame_backbone="pointnet")
+    assert "resnet_small" in str(error.value) and "pointnet" not in str(error.value).split(": ")[-1]
     with pytest.raises(ConfigError, match="takes clips"):
         TwoStream(stream_backbone="resnet_small")
     with pytest.raises(ConfigError, match="difference"):

@@ -101,7 +101,9 @@ RECIPES: dict[str, Recipe] = {
 }
 # Registered image tasks the table leaves out, and why (shown by --tasks errors).
 EXCLUDED = {"multitask": "a combination of the rows, not a method of its own",
-            "pointcloud_ae": "point clouds, not images: probed by the shape SVM (point_probe)"}
+            "pointcloud_ae": "point clouds, not images: probed by the shape SVM (point_probe)",
+            "av_correspondence": "frames with sound (sample_av, av_folder:), not an image "
+                                 "dataset"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,19 +283,42 @@ def bench_random_init(settings: BenchSettings, log: Callable[[str], None]) -> di
                            settings, log)}
 
 
+def layer_cell(top1: Mapping[str, float], layer: str) -> tuple[float, str] | None:
+    """``(top-1, branch)`` of a table column for one row: the endpoint ``layer`` itself (branch
+    ""), or for a two-branch encoder (split-brain's and CMC's L and ab halves: ``l_res2``,
+    ``ab_res2``) the better of its ``<branch>_<layer>`` endpoints; None if it has neither."""
+    if layer in top1:
+        return top1[layer], ""
+    branches = {name[:-len(layer) - 1]: value for name, value in top1.items()
+                if name.endswith(f"_{layer}")}
+    if not branches:
+        return None
+    branch = max(branches, key=branches.__getitem__)
+    return branches[branch], branch
+
+
 def format_zoo_table(results: dict[str, Any]) -> str:
-    """The survey's Table-4 shape: one row per method, one column per layer (top-1 %), the
-    best layer of each row in bold."""
+    """The survey's Table-4 shape: one row per method, one column per layer of the first row
+    (top-1 %), each row's best column in bold. A two-branch encoder's cell is its better
+    branch at that layer, named after the number (``85.0 (l)``); zoo.json keeps every
+    endpoint."""
     rows = results["rows"]
-    endpoints = list(next(iter(rows))["top1"]) if rows else []
-    lines = ["| method | category | steps | " + " | ".join(endpoints) + " |",
-             "|---|---|---:|" + "---:|" * len(endpoints)]
+    layers = list(next(iter(rows))["top1"]) if rows else []
+    lines = ["| method | category | steps | " + " | ".join(layers) + " |",
+             "|---|---|---:|" + "---:|" * len(layers)]
     for row in rows:
-        best = max(row["top1"].values())
-        cells = [f"**{value:.1f}**" if value == best else f"{value:.1f}"
-                 for value in row["top1"].values()]
+        cells = [layer_cell(row["top1"], layer) for layer in layers]
+        best = max((cell[0] for cell in cells if cell is not None), default=None)
+        texts = []
+        for cell in cells:
+            if cell is None:
+                texts.append("–")
+                continue
+            value, branch = cell
+            text = f"**{value:.1f}**" if value == best else f"{value:.1f}"
+            texts.append(f"{text} ({branch})" if branch else text)
         lines.append(f"| {row['task']} | {row['category']} | {row['train_steps']} | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 

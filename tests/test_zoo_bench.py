@@ -43,6 +43,22 @@ def test_table_has_one_row_per_method_and_bolds_each_rows_best_layer():
     ]
 
 
+def test_two_branch_encoders_show_their_better_branch_per_layer():
+    results = {"rows": [
+        {"task": "random init", "category": "baseline", "train_steps": 0,
+         "top1": {"stem": 80.0, "res2": 84.5, "pool": 70.0}},
+        {"task": "split_brain", "category": "generation", "train_steps": 9,
+         "top1": {"l_stem": 82.7, "l_res2": 82.5, "ab_stem": 10.0, "ab_res2": 83.0,
+                  "pool": 71.6}},
+        {"task": "other", "category": "x", "train_steps": 1, "top1": {"res2": 50.0}},
+    ]}
+    assert format_zoo_table(results).splitlines()[2:] == [
+        "| random init | baseline | 0 | 80.0 | **84.5** | 70.0 |",
+        "| split_brain | generation | 9 | 82.7 (l) | **83.0** (ab) | 71.6 |",
+        "| other | x | 1 | – | **50.0** | – |",
+    ]
+
+
 def test_bad_settings_are_refused_with_the_valid_names():
     with pytest.raises(ConfigError, match="no bench recipe for nope; valid: rotnet"):
         BenchSettings(out_dir="x", tasks=("nope",))

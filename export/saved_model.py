@@ -38,6 +38,16 @@ length and size → ``[batch, features]``, and ``serving_default`` on uint8 ``fr
 its ``endpoints`` take float32 clips and its ``representation`` uint8 ``frames`` (video endpoints
 are averaged over time and space).
 
+Point-cloud encoders (backbones taking ``[batch, points, 3]``, e.g. PointNet) export as a
+point-cloud feature vector (:class:`HubPointEncoderModule`): ``__call__`` on float32 xyz
+``[batch, points, 3]`` (any number of points: PointNet max-pools over them) → ``[batch,
+features]``; ``serving_default`` on float32 ``points`` ``[batch, points, 3]`` → ``{"features"}``
+(nothing is resized or rescaled: the caller prepares the clouds as the model card says);
+``representation`` and ``pooled.<endpoint>`` max-pool the per-point endpoints over the points
+(the encoder's own symmetric function, as :mod:`selfsup.tasks.point_probe` does). Their
+``selfsup_encoder.json`` has ``"modality": "points"`` and ``"num_points"`` (the training cloud
+size) and ``image_size`` null; every export records its ``modality`` (image, video, points).
+
 TF Serving conventions (checked by the tests on the saved ``saved_model.pb``): every signature
 has method name ``tensorflow/serving/predict`` (:data:`PREDICT_METHOD`) under the ``serve`` tag,
 with explicit input/output keys — ``serving_default``: input ``images`` (uint8 ``[-1, -1, -1,
@@ -71,6 +81,7 @@ SERVING_BYTES = "serving_bytes"
 IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
 FRAMES_INPUT = "frames"
+POINTS_INPUT = "points"
 FEATURES_OUTPUT = "features"
 REPRESENTATION = "representation"
 # The evaluator's metadata: an asset of the SavedModel, reachable as ``<object>.encoder_info``.
@@ -80,6 +91,10 @@ ENCODER_INFO_FORMAT = "selfsup_encoder"
 ENCODER_INFO_VERSION = 1
 # Frames per warm-up clip of a video export whose metadata gives no clip_length.
 WARMUP_CLIP_LENGTH = 2
+# Points per cloud of a point export whose metadata gives no num_points (pointcloud_ae's
+# default, selfsup.tasks.pointcloud_ae.NUM_POINTS).
+DEFAULT_NUM_POINTS = 1024
+MODALITY_IMAGE, MODALITY_VIDEO, MODALITY_POINTS = "image", "video", "points"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 # The named sub-object holding one pooled-endpoint function per endpoint name.
@@ -87,6 +102,7 @@ POOLED_ENDPOINTS = "pooled"
 
 _HUB_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name=IMAGES_INPUT)
 _HUB_CLIPS = tf.TensorSpec([None, None, None, None, 3], tf.float32, name=FRAMES_INPUT)
+_HUB_POINTS = tf.TensorSpec([None, None, 3], tf.float32, name=POINTS_INPUT)
 
 
 def normalize_image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -172,9 +188,10 @@ class _HubModule(tf.Module):
     trainable_variables = None
     hub_input_spec = _HUB_IMAGES
 
-    def __init__(self, backbone: keras.Model, image_size: int | tuple[int, int]) -> None:
+    def __init__(self, backbone: keras.Model, image_size: int | tuple[int, int] | None) -> None:
         super().__init__(name="selfsup_encoder")
-        self._image_size = normalize_image_size(image_size)
+        # None for point clouds (they have no image size).
+        self._image_size = None if image_size is None else normalize_image_size(image_size)
         probe = backbone(self._example_input(), training=False)
         if not isinstance(probe, dict) or FEATURE_ENDPOINT not in probe:
             raise ValueError(
@@ -213,11 +230,15 @@ class _HubModule(tf.Module):
     def _documented_shape(self, shape: tf.TensorShape) -> list[int | None]:
         return [None, *(int(d) for d in shape[1:])]
 
+    def _pool(self, endpoint: tf.Tensor) -> tf.Tensor:
+        """One endpoint → ``[batch, channels]`` for ``pooled`` and ``representation``."""
+        return global_average(endpoint)
+
     def _pooled_endpoint(self, name: str) -> tf.types.experimental.PolymorphicFunction:
-        """``images → global_average(endpoints(images)[name])``, traced for inference."""
+        """``inputs → _pool(endpoints(inputs)[name])``, traced for inference."""
 
         def pooled(images: tf.Tensor) -> tf.Tensor:
-            return global_average(self._infer(images)[name])
+            return self._pool(self._infer(images)[name])
 
         function = tf.function(pooled, input_signature=[self.hub_input_spec])
         function.get_concrete_function()
@@ -246,7 +267,7 @@ class _HubModule(tf.Module):
         export image size first."""
         floats = tf.cast(uint8_images, tf.float32) / 255.0
         endpoints = self._infer(_resize_if_needed(floats, self._image_size))
-        return {name: global_average(value) for name, value in endpoints.items()}
+        return {name: self._pool(value) for name, value in endpoints.items()}
 
 
 class HubEncoderModule(_HubModule):
@@ -329,6 +350,55 @@ class HubVideoEncoderModule(_HubModule):
                 REPRESENTATION: self.serve_representation.get_concrete_function()}
 
 
+class HubPointEncoderModule(_HubModule):
+    """The exported object of a point-cloud encoder (PointNet, Qi et al. 2017): Hub
+    ``__call__`` on float32 xyz ``[batch, points, 3]`` (any number of points) and
+    ``serving_default`` on float32 ``points``, both → ``[batch, num_features]``;
+    ``representation`` and ``pooled.<endpoint>`` max-pool per-point endpoints over the points."""
+
+    hub_input_spec = _HUB_POINTS
+
+    def __init__(self, backbone: keras.Model, num_points: int = DEFAULT_NUM_POINTS) -> None:
+        if int(num_points) < 1:
+            raise ValueError(f"num_points must be positive, got {num_points}")
+        # Read by _example_input during the base __init__ (a plain int: not tracked).
+        self._num_points = int(num_points)
+        super().__init__(backbone, image_size=None)
+
+    @property
+    def num_points(self) -> int:
+        """The cloud size the export was built at (the training run's ``num_points``)."""
+        return self._num_points
+
+    def _example_input(self) -> np.ndarray:
+        return np.zeros((1, self._num_points, 3), np.float32)
+
+    def _documented_shape(self, shape: tf.TensorShape) -> list[int | None]:
+        # Per-point endpoints [b, n, c] have as many rows as the cloud has points.
+        if len(shape) == 2:
+            return [None, int(shape[1])]
+        return [None, None, *(int(d) for d in shape[2:])]
+
+    def _pool(self, endpoint: tf.Tensor) -> tf.Tensor:
+        # PointNet's symmetric function: the max over the points (as the SVM probe reads them).
+        return endpoint if endpoint.shape.rank == 2 else tf.reduce_max(endpoint, axis=1)
+
+    @tf.function(input_signature=[_HUB_POINTS])
+    def serve_points(self, points: tf.Tensor) -> dict[str, tf.Tensor]:
+        """float32 xyz clouds → features (used as given: no centring or scaling)."""
+        return {FEATURES_OUTPUT: self._infer(points)[FEATURE_ENDPOINT]}
+
+    @tf.function(input_signature=[_HUB_POINTS])
+    def serve_representation(self, points: tf.Tensor) -> dict[str, tf.Tensor]:
+        """float32 xyz clouds → ``{endpoint: [batch, channels]}``, max over the points."""
+        return {name: self._pool(value) for name, value in self._infer(points).items()}
+
+    def serving_signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """``serving_default`` and ``representation``, with input name ``points``."""
+        return {SERVING_DEFAULT: self.serve_points.get_concrete_function(),
+                REPRESENTATION: self.serve_representation.get_concrete_function()}
+
+
 def signature_input_specs(
     function: tf.types.experimental.ConcreteFunction,
 ) -> dict[str, tf.TensorSpec]:
@@ -357,6 +427,12 @@ def is_video_encoder(backbone: keras.Model) -> bool:
     return getattr(backbone, "input_rank", 4) == 5
 
 
+def is_point_encoder(backbone: keras.Model) -> bool:
+    """Whether ``backbone`` takes point clouds ``[batch, points, 3]`` (``input_rank = 3``, as
+    :class:`~selfsup.models.pointnet.PointNet` declares)."""
+    return getattr(backbone, "input_rank", 4) == 3
+
+
 def _backbone_config(backbone: keras.Model) -> dict[str, Any]:
     try:
         return dict(backbone.get_config())
@@ -364,16 +440,22 @@ def _backbone_config(backbone: keras.Model) -> dict[str, Any]:
         return {}
 
 
-def build_encoder_info(*, image_size: tuple[int, int], endpoint_shapes: dict[str, list],
-                       video: bool, metadata: dict[str, Any]) -> dict[str, Any]:
+def build_encoder_info(*, image_size: tuple[int, int] | None,
+                       endpoint_shapes: dict[str, list], video: bool, metadata: dict[str, Any],
+                       num_points: int | None = None) -> dict[str, Any]:
     """``selfsup_encoder.json`` as a dict: format tag, training setup from ``metadata`` (None
-    where absent) and the endpoints in encoder order with their shapes at ``image_size``."""
+    where absent) and the endpoints in encoder order with their shapes at ``image_size``
+    (a point encoder: ``num_points`` given, ``image_size`` None, ``modality`` points)."""
+    modality = (MODALITY_POINTS if num_points is not None
+                else MODALITY_VIDEO if video else MODALITY_IMAGE)
     return {
         "format": ENCODER_INFO_FORMAT, "version": ENCODER_INFO_VERSION,
         "task": metadata.get("task"), "backbone": metadata.get("backbone"),
         "backbone_kwargs": metadata.get("backbone_kwargs") or {},
-        "dataset": metadata.get("dataset"), "image_size": list(image_size), "video": video,
+        "dataset": metadata.get("dataset"),
+        "image_size": None if image_size is None else list(image_size), "video": video,
         "clip_length": metadata.get("clip_length") if video else None,
+        "modality": modality, "num_points": num_points,
         "endpoints": list(endpoint_shapes), "endpoint_shapes": endpoint_shapes,
     }
 
@@ -384,8 +466,9 @@ def export_encoder(
     model_name: str,
     version: int | None = None,
     *,
-    image_size: int | tuple[int, int],
+    image_size: int | tuple[int, int] | None,
     metadata: dict[str, Any],
+    num_points: int | None = None,
 ) -> pathlib.Path:
     """Exports ``backbone`` to ``<export_dir>/<model_name>/<version>/`` and returns that path.
 
@@ -397,14 +480,29 @@ def export_encoder(
     the metadata asset ``assets/selfsup_encoder.json``. TF Serving's warm-up file
     ``assets.extra/tf_serving_warmup_requests`` holds three ``serving_default`` requests
     addressed to ``model_name`` (:mod:`selfsup.export.warmup`).
+
+    A point-cloud encoder (:func:`is_point_encoder`) ignores ``image_size`` and is built at
+    ``num_points`` points (default: ``metadata["num_points"]``, else
+    :data:`DEFAULT_NUM_POINTS`); its warm-up requests carry point clouds of that size.
     """
-    size = normalize_image_size(image_size)
+    points = is_point_encoder(backbone)
+    if points:
+        size = None
+        num_points = int(num_points or metadata.get("num_points") or DEFAULT_NUM_POINTS)
+    else:
+        if image_size is None:
+            raise ValueError("an image or video encoder needs image_size")
+        size = normalize_image_size(image_size)
+        num_points = None
     with (atomic_version_dir(export_dir, model_name, version) as (temp_dir, version),
           tempfile.TemporaryDirectory() as staging):
         video = is_video_encoder(backbone)
-        module = (HubVideoEncoderModule if video else HubEncoderModule)(backbone, size)
+        if points:
+            module = HubPointEncoderModule(backbone, num_points)
+        else:
+            module = (HubVideoEncoderModule if video else HubEncoderModule)(backbone, size)
         info = build_encoder_info(image_size=size, endpoint_shapes=module.endpoint_shapes,
-                                  video=video, metadata=metadata)
+                                  video=video, metadata=metadata, num_points=num_points)
         info_path = pathlib.Path(staging) / ENCODER_INFO_FILE
         info_path.write_text(json.dumps(jsonable(info), indent=2) + "\n")
         # An asset is copied into <export>/assets/ and found again through the loaded object.
@@ -413,11 +511,12 @@ def export_encoder(
         tf.saved_model.save(module, str(temp_dir), signatures=signatures)
         write_warmup_requests(temp_dir, model_name, warmup_inputs(
             signature_input_specs(signatures[SERVING_DEFAULT]), size,
-            time_steps=int(metadata.get("clip_length") or WARMUP_CLIP_LENGTH)))
+            time_steps=int(metadata.get("clip_length") or WARMUP_CLIP_LENGTH),
+            num_points=num_points))
         card = build_model_card(
             model_name, version, size, module.num_features, dict(metadata),
             backbone_config=_backbone_config(backbone), video=video,
-            endpoint_shapes=module.endpoint_shapes,
+            endpoint_shapes=module.endpoint_shapes, num_points=num_points,
         )
         write_model_card(temp_dir, card)
     return pathlib.Path(export_dir) / model_name / str(version)

@@ -5,7 +5,8 @@ protos, at most 1000) through the model when it loads a version, before marking 
 so the first client request does not pay for graph optimisation and memory allocation. Each
 record here is a ``predict_log`` whose ``PredictRequest`` names the model and the
 ``serving_default`` signature and carries small valid inputs (batch sizes 1, 2, 3 by default) of
-the signature's dtypes and shapes at the export image size.
+the signature's dtypes and shapes at the export image size (a point-cloud export: float32
+clouds ``[batch, num_points, 3]`` inside the unit ball, its training cloud size).
 """
 
 from __future__ import annotations
@@ -27,16 +28,19 @@ MAX_WARMUP_RECORDS = 1000
 
 def warmup_inputs(
     input_specs: Mapping[str, tf.TensorSpec],
-    image_size: tuple[int, int],
+    image_size: tuple[int, int] | None,
     time_steps: int = 2,
     batch_sizes: Sequence[int] = WARMUP_BATCH_SIZES,
     seed: int = 0,
+    num_points: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """One input dict per batch size for a signature taking images or clips.
+    """One input dict per batch size for a signature taking images, clips or point clouds.
 
     Each spec must be ``[batch, height, width, channels]`` or ``[batch, time, height, width,
     channels]`` (unknown dimensions become the batch size, ``time_steps`` and ``image_size``);
-    uint8 inputs get random values in [0, 255], float inputs uniform values in [0, 1).
+    uint8 inputs get random values in [0, 255], float inputs uniform values in [0, 1). With
+    ``num_points`` each spec must be a float cloud batch ``[batch, points, 3]``: Gaussian points
+    scaled so each cloud's farthest point is at radius 1 (the unit ball of the training data).
     """
     if not input_specs:
         raise ValueError("the signature has no named inputs")
@@ -46,6 +50,9 @@ def warmup_inputs(
         request = {}
         for name, spec in input_specs.items():
             dims = spec.shape.as_list()
+            if num_points is not None:
+                request[name] = _warmup_points(rng, name, spec, batch, num_points)
+                continue
             if len(dims) not in (4, 5):
                 raise ValueError(f"warm-up input {name!r} must be an image or clip batch, "
                                  f"got shape {spec.shape}")
@@ -59,6 +66,18 @@ def warmup_inputs(
                 raise ValueError(f"no warm-up values for {name!r} of dtype {spec.dtype.name}")
         requests.append(request)
     return requests
+
+
+def _warmup_points(rng: np.random.Generator, name: str, spec: tf.TensorSpec, batch: int,
+                   num_points: int) -> np.ndarray:
+    """A ``[batch, num_points, 3]`` cloud batch for a point signature input."""
+    dims = spec.shape.as_list()
+    if len(dims) != 3 or dims[-1] != 3 or not spec.dtype.is_floating:
+        raise ValueError(f"warm-up input {name!r} must be a float point-cloud batch "
+                         f"[batch, points, 3], got {spec.dtype.name} {spec.shape}")
+    points = rng.normal(size=(batch, num_points, 3))
+    points /= np.linalg.norm(points, axis=-1).max(axis=1)[:, None, None]
+    return points.astype(spec.dtype.as_numpy_dtype)
 
 
 def prediction_logs(

@@ -11,8 +11,9 @@ frame differences ``x[t+1] − x[t]`` (``motion="difference"``), mapped from [�
 as ``(d + 1) / 2`` so the stream gets the same input contract as any backbone (a still clip is
 uniform grey 0.5). A clip of ``t`` frames gives ``t − 1`` difference frames; a clip of one
 frame has no motion and gives one difference frame of zeros (0.5 after the mapping).
-Optical flow cannot be computed in the graph; precomputed (Farneback) flow arrives as a second
-input with the cross-modal issue, and then becomes another ``motion`` value.
+Optical flow cannot be computed in the graph: the ``rgb_flow`` task
+(:mod:`selfsup.tasks.rgb_flow`) trains an RGB and a flow stream on OpenCV Farneback flow
+cached per video (:mod:`selfsup.datasets.optical_flow`).
 
 Late fusion: ``pool`` is the concatenation of the two streams' ``pool`` vectors, so a linear
 classifier on it is the sum of one linear classifier per stream: the streams are fused at their

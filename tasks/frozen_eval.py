@@ -287,14 +287,15 @@ def format_frozen_table(results: dict[str, Any]) -> str:
 
 def evaluate_run(model_dir: str | Path, settings: FrozenEvalSettings, *,
                  data_dir: str | None = None, with_random_init: bool = True,
+                 dataset: str | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """``settings.protocol`` on the trained encoder of the run in ``model_dir`` and (with
-    ``with_random_init``) a random-init twin seeded with ``settings.seed``; results in
-    ``<model_dir>/eval/``."""
+    ``with_random_init``) a random-init twin seeded with ``settings.seed``, on ``dataset``
+    (default: the run's); results in ``<model_dir>/eval/``."""
     from selfsup.tasks.eval_subjects import run_encoders
 
     encoders, info = run_encoders(model_dir, seed=settings.seed,
-                                  with_random_init=with_random_init)
+                                  with_random_init=with_random_init, dataset=dataset)
     if info.video:
         raise ConfigError(f"{model_dir} is a video run: its frozen-feature protocol is "
                           "--protocol=linear (clip and video top-1, clip retrieval)")

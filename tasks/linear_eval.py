@@ -70,6 +70,7 @@ def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
                     data_dir: str | None = None, clips_per_video: int | None = None,
                     feature_dims: int | None = None,
                     learning_rates: tuple[float, ...] | None = None, standardize: bool = True,
+                    dataset: str | None = None,
                     log: Callable[[str], None] = print_progress) -> dict[str, Any]:
     """Probes the trained and a random-init encoder of ``model_dir``; writes and returns the
     results (``<model_dir>/eval/linear_probe.json``).
@@ -85,7 +86,7 @@ def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
                                   pool_size, clips_per_video)
     from selfsup.tasks.checkpoints import read_run_config
 
-    if is_video_run(read_run_config(model_dir), data_dir):
+    if dataset is None and is_video_run(read_run_config(model_dir), data_dir):
         from selfsup.tasks.video_eval import DEFAULT_CLIPS_PER_VIDEO, evaluate_video_linear
 
         return evaluate_video_linear(
@@ -98,7 +99,7 @@ def evaluate_linear(model_dir: str | Path, *, train_examples: int = 10_000,
         protocol="linear", train_examples=train_examples, test_examples=test_examples,
         pool_size=pool_size, feature_dims=feature_dims, seed=seed, standardize=standardize,
         learning_rates=learning_rates)
-    return evaluate_run(model_dir, settings, data_dir=data_dir, log=log)
+    return evaluate_run(model_dir, settings, data_dir=data_dir, dataset=dataset, log=log)
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -120,6 +120,7 @@ def main(argv: list[str]) -> None:
             sys.exit(launch_local_workers(FLAGS.num_workers, sys.argv[1:]))
         # Imported here so that flag errors above print before TensorFlow loads.
         from selfsup.datasets import open_source
+        from selfsup.datasets.av_sources import is_av_dataset
         from selfsup.datasets.point_clouds import is_point_dataset
         from selfsup.datasets.video_sources import is_video_dataset, open_video_source
         from selfsup.models import BACKBONES
@@ -157,6 +158,8 @@ def main(argv: list[str]) -> None:
         image_size = FLAGS.image_size
         if image_size is None and is_point_dataset(dataset):
             image_size = defaults["image_size"].default  # point clouds have no image size
+        if image_size is None and is_av_dataset(dataset):
+            image_size = defaults["image_size"].default  # the audio-visual task's own crop
         if image_size is None:
             image_size = (open_video_source(dataset, FLAGS.data_dir)
                           if is_video_dataset(dataset, FLAGS.data_dir)

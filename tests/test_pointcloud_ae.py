@@ -32,7 +32,6 @@ from selfsup.datasets.point_clouds import (
     sample_mesh_file,
     torus_tube_angles,
 )
-from selfsup.export import export_encoder
 from selfsup.models import build_backbone
 from selfsup.models.point_decoders import FoldingDecoder, FullyConnectedPointDecoder
 from selfsup.models.registry import ConfigError
@@ -211,15 +210,11 @@ def test_pointnet_pool_ignores_point_order_and_has_the_papers_layers():
     assert build_backbone("pointnet_qi", synchronized_bn=False)(points)["pool"].shape == (2, 1024)
 
 
-def test_point_and_image_backbones_refuse_each_others_data(tmp_path):
+def test_point_and_image_backbones_refuse_each_others_data():
     encoder = build_backbone("pointnet", synchronized_bn=False)
     with pytest.raises(ConfigError, match="takes point clouds"):
         encoder(tf.zeros([1, 28, 28, 3]))
-    # Export builds image signatures: refused in one line, and nothing is left behind.
-    encoder(tf.zeros([1, 16, 3]))
-    with pytest.raises(ConfigError, match=r"takes point clouds [^\n]*$"):
-        export_encoder(encoder, tmp_path, "points", image_size=28, metadata={})
-    assert not (tmp_path / "points").exists() or not any((tmp_path / "points").iterdir())
+    # (Point encoders export as point-cloud feature vectors: tests/test_point_export.py.)
     with pytest.raises(ConfigError, match="point backbones: pointnet, pointnet_qi"):
         PointCloudAEConfig(backbone="resnet_small")
     # The trainer's check, before anything is built (image backbones listed without them).

@@ -212,20 +212,40 @@ def evaluate_frozen(encoders: Mapping[str, Callable], settings: FrozenEvalSettin
                      **settings.protocol_settings()},
         "columns": columns, **(description or {}),
     }
+    return score_features(results, settings, features.train, features.train_labels,
+                          features.test, features.test_labels, features.num_classes,
+                          extra={name: {"pool_size": features.pool_sizes.get(name)}
+                                 for name in features.train},
+                          out_dir=out_dir, start=start, log=log)
+
+
+def score_features(results: dict[str, Any], settings: FrozenEvalSettings,
+                   train: Mapping[str, np.ndarray], train_labels: np.ndarray,
+                   test: Mapping[str, np.ndarray], test_labels: np.ndarray, num_classes: int,
+                   *, out_dir: str | Path, start: float,
+                   extra: Mapping[str, Mapping[str, Any]] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Scores every ``"<column>/<endpoint>"`` feature array of ``train``/``test`` with the
+    protocol's classifier (:func:`score_endpoint`) into ``results[column][endpoint]`` (plus
+    ``extra[name]``), adds ``endpoints``, ``best`` and ``seconds`` (since ``start``), writes
+    ``<out_dir>/<protocol file>`` and returns ``results``. Shared by the image and the
+    point-cloud drivers."""
+    columns = results["columns"]
+    metrics = headline_metrics(settings)
     for column in columns:
         results[column] = {}
-    for name, train_x in features.train.items():
+    for name, train_x in train.items():
         column, endpoint = name.split("/", 1)
         began = time.perf_counter()
-        entry = score_endpoint(settings, train_x, features.train_labels, features.test[name],
-                               features.test_labels, features.num_classes)
-        results[column][endpoint] = {**entry, "pool_size": features.pool_sizes.get(name)}
+        entry = score_endpoint(settings, train_x, train_labels, test[name], test_labels,
+                               num_classes)
+        results[column][endpoint] = {**entry, **((extra or {}).get(name) or {})}
         shown = ", ".join(f"{label} {_headline_value(entry, key):.2f}%"
-                          for key, label in headline_metrics(settings))
+                          for key, label in metrics)
         log(f"{settings.protocol} {name} ({entry['num_features']} features): {shown} "
             f"({time.perf_counter() - began:.1f} s)")
     results["endpoints"] = list(results[columns[0]])
-    key = headline_metrics(settings)[0][0]
+    key = metrics[0][0]
     results["best"] = {column: max(results[column],
                                    key=lambda name, c=column: _headline_value(
                                        results[c][name], key))

@@ -37,7 +37,6 @@ from selfsup.datasets.point_clouds import (
 )
 from selfsup.models import FEATURE_ENDPOINT
 from selfsup.models.registry import ConfigError
-from selfsup.tasks.atomic_files import write_json_atomically
 from selfsup.tasks.svm_probe import DEFAULT_COSTS, SvmResult, svm_probe
 
 FEATURE_BATCH = 64
@@ -144,11 +143,6 @@ def _drop_repeated_endpoints(train: dict[str, np.ndarray], test: dict[str, np.nd
                 del train[key], test[key]
 
 
-def _headline(entry: dict[str, Any], key: str) -> float:
-    value = entry[key]
-    return value["mean"] if isinstance(value, Mapping) else value
-
-
 def evaluate_point_encoders(encoders: Mapping[str, Callable[..., dict]], settings: Any, *,
                             dataset: str, num_points: int, out_dir: str | Path,
                             data_dir: str | None = None,
@@ -160,7 +154,7 @@ def evaluate_point_encoders(encoders: Mapping[str, Callable[..., dict]], setting
     returns the results in the image protocols' layout (``protocol``, ``columns``,
     ``endpoints``, per column endpoint → numbers, ``best``), so
     :func:`~selfsup.tasks.frozen_eval.format_frozen_table` prints them."""
-    from selfsup.tasks.frozen_eval import RESULTS_FILES, headline_metrics, score_endpoint
+    from selfsup.tasks.frozen_eval import score_features
 
     check_point_protocol(settings.protocol)
     if num_points < 1:
@@ -192,28 +186,8 @@ def evaluate_point_encoders(encoders: Mapping[str, Callable[..., dict]], setting
                      "test_examples": len(test_y)},
         "columns": columns, **(description or {}),
     }
-    metrics = headline_metrics(settings)
-    for column in columns:
-        results[column] = {}
-    for name, train_x in train.items():
-        column, endpoint = name.split("/", 1)
-        began = time.perf_counter()
-        entry = score_endpoint(settings, train_x, train_y, test[name], test_y,
-                               len(source.classes))
-        results[column][endpoint] = entry
-        shown = ", ".join(f"{label} {_headline(entry, key):.2f}%" for key, label in metrics)
-        log(f"{settings.protocol} {name} ({entry['num_features']} features): {shown} "
-            f"({time.perf_counter() - began:.1f} s)")
-    results["endpoints"] = list(results[columns[0]])
-    key = metrics[0][0]
-    results["best"] = {column: max(results[column],
-                                   key=lambda name, c=column: _headline(results[c][name], key))
-                       for column in columns}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    path = Path(out_dir) / RESULTS_FILES[settings.protocol]
-    write_json_atomically(path, results)
-    log(f"wrote {path} ({results['seconds']:.0f} s)")
-    return results
+    return score_features(results, settings, train, train_y, test, test_y,
+                          len(source.classes), out_dir=out_dir, start=start, log=log)
 
 
 def format_point_table(results: dict[str, Any]) -> str:

@@ -48,7 +48,8 @@ flags.DEFINE_integer("image_size", None,
 flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and run_config.json go; "
                     "an existing run there is resumed.")
 flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps (a resumed run continues).")
-flags.DEFINE_integer("batch_size", 64, "Global batch of source images (RotNet makes 4× views).")
+flags.DEFINE_integer("batch_size", None, "Global batch of source images (RotNet makes 4× views); "
+                     "default: the task's (64; pointcloud_ae 32).")
 flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate.")
 flags.DEFINE_string("optimizer", "sgd", "sgd (Nesterov momentum 0.9) | adam | adamw | lamb.")
 flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay.")
@@ -167,7 +168,9 @@ def main(argv: list[str]) -> None:
         task_config = cls.config_class(
             backbone=backbone, backbone_kwargs=backbone_kwargs, dataset=dataset,
             data_dir=FLAGS.data_dir, train_split=FLAGS.train_split, image_size=image_size,
-            global_batch_size=FLAGS.batch_size, synchronized_bn=FLAGS.synchronized_bn,
+            global_batch_size=(FLAGS.batch_size if FLAGS.batch_size is not None
+                               else defaults["global_batch_size"].default),
+            synchronized_bn=FLAGS.synchronized_bn,
             seed=FLAGS.seed, **task_params)
         from selfsup.tasks.trainer import TrainingError, TrainingStopped
 

@@ -21,8 +21,10 @@ from helpers import run_cli
          "dataset 'fashion_mnist' holds images, but this task takes video"),
         ("--task=rotnet3d --backbone=resnet18",
          "backbone 'resnet18' takes images, this task takes video; video backbones: c3d"),
-        ("--batch_size=3 --num_cpu_replicas=2",
-         "batch size 3 does not split evenly over 2 replicas; use a multiple of 2"),
+        # No --batch_size: the task's own default (pointcloud_ae: 32) is the one checked.
+        ("--task=pointcloud_ae --num_cpu_replicas=3",
+         "batch size 32 does not split evenly over 3 replicas; use a multiple of 3 (e.g. 30 "
+         "or 33)"),
         # Each run costs a TensorFlow start; more combinations run in-process in
         # test_preflight.py, and these three only in the slow run.
         pytest.param("--task=moco --task_param=queue_size=100",

@@ -20,6 +20,7 @@ from selfsup.datasets.point_clouds import (
     CUBE_HALF_SIDE,
     CYLINDER_HALF_HEIGHT,
     CYLINDER_RADIUS,
+    EXAMPLES_CHUNK,
     SHAPE_CLASSES,
     TORUS_MAJOR_RADIUS,
     TORUS_MINOR_RADIUS,
@@ -142,6 +143,14 @@ def test_generated_splits_are_seeded_balanced_and_differ():
     np.testing.assert_array_equal(points, again)
     assert labels.tolist() == [0, 1, 2, 3, 4] * 2 and points.shape == (10, 64, 3)
     assert not np.allclose(points, train)
+    # Big sets are made a chunk at a time: the first chunk is the small set's, later chunks
+    # are new shapes (not copies of the first), labels still go round the classes.
+    many, many_labels = source.examples("test", 2 * EXAMPLES_CHUNK + 5, 8)
+    few, _ = source.examples("test", EXAMPLES_CHUNK, 8)
+    assert many.shape == (2 * EXAMPLES_CHUNK + 5, 8, 3)
+    np.testing.assert_array_equal(many[:EXAMPLES_CHUNK], few)
+    assert not np.allclose(many[EXAMPLES_CHUNK:2 * EXAMPLES_CHUNK], few)
+    np.testing.assert_array_equal(many_labels, np.arange(2 * EXAMPLES_CHUNK + 5) % 5)
     first = [batch[0].numpy() for batch in source.training_batches("train", 4, 32, 0).take(2)]
     replay = [batch[0].numpy() for batch in source.training_batches("train", 4, 32, 0).take(2)]
     np.testing.assert_array_equal(first, replay)

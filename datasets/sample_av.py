@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,11 +28,9 @@ import numpy as np
 
 from selfsup.datasets.audio import SAMPLE_RATE
 from selfsup.datasets.av_sources import SAMPLE_AV, decode_av_file
-from selfsup.datasets.sample_videos import default_data_dir, source_video_path
-from selfsup.models.registry import ConfigError
+from selfsup.datasets.sample_videos import default_data_dir, source_video_path, split_point
 
 SAMPLE_AV_FRAME_SIZE = 64  # shorter side of the stored frames (crops of ≤ 64 px)
-TRAIN_FRACTION = 0.75
 REAL_VIDEOS = ("bigbuckbunny", "Megamind")
 SYNTHETIC_VIDEOS = 6
 SYNTHETIC_SECONDS = 12.0
@@ -121,9 +117,9 @@ def sample_av_dir(data_dir: str | None = None) -> Path:
 
 def _time_split(frames: np.ndarray, frame_times: np.ndarray, audio: np.ndarray,
                 sample_rate: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train: frames before 3/4 of the duration and their audio; test: the rest, its clock
-    restarted at its first frame."""
-    cut = min(max(1, int(len(frames) * TRAIN_FRACTION)), len(frames) - 1)
+    """Train: the first 3/4 of the frames (sample_videos' :func:`split_point`) and their
+    audio; test: the rest, its clock restarted at its first frame."""
+    cut = split_point(len(frames))
     cut_sample = int(round(float(frame_times[cut]) * sample_rate))
     return {"train": (frames[:cut], audio[:cut_sample]),
             "test": (frames[cut:], audio[cut_sample:])}
@@ -135,10 +131,10 @@ def prepare_sample_av(data_dir: str | None = None) -> Path:
     if target.is_dir():
         return target
     sources = {name: source_video_path(name) for name in REAL_VIDEOS}  # fails if missing
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.parent / f".{SAMPLE_AV}.tmp-{uuid.uuid4().hex}"
+    from selfsup.tasks.atomic_files import directory_written_atomically
+
     info: dict = {"frame_size": SAMPLE_AV_FRAME_SIZE, "sample_rate": SAMPLE_RATE, "videos": {}}
-    try:
+    with directory_written_atomically(target) as scratch:
         for split in ("train", "test"):
             (scratch / split).mkdir(parents=True)
         videos = {}
@@ -161,13 +157,4 @@ def prepare_sample_av(data_dir: str | None = None) -> Path:
                                     "train_frames": len(parts["train"][0]),
                                     "seconds": round(len(audio) / SAMPLE_RATE, 3)}
         (scratch / "sample_av.json").write_text(json.dumps(info, indent=1) + "\n")
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if not target.is_dir():  # another process may have won the race: fine
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if not target.is_dir():
-        raise ConfigError(f"could not prepare {target}")
     return target

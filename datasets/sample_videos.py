@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import cv2
@@ -134,10 +133,10 @@ def prepare_sample_videos(data_dir: str | None = None) -> Path:
         return target
     for name in _SOURCES:  # fail before any work when a package is missing
         source_video_path(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.parent / f".{SAMPLE_VIDEOS_NAME}.tmp-{uuid.uuid4().hex}"
+    from selfsup.tasks.atomic_files import directory_written_atomically
+
     info = {"frame_size": SAMPLE_FRAME_SIZE, "videos": {}}
-    try:
+    with directory_written_atomically(target) as scratch:
         for name in _SOURCES:
             frames = decode_source_video(name, SAMPLE_FRAME_SIZE)
             cut = split_point(len(frames))
@@ -152,11 +151,4 @@ def prepare_sample_videos(data_dir: str | None = None) -> Path:
                                     "height": int(frames.shape[1]),
                                     "width": int(frames.shape[2])}
         (scratch / "sample_videos.json").write_text(json.dumps(info, indent=1) + "\n")
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if not target.is_dir():  # another process may have won the race: fine
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return target

@@ -3,7 +3,13 @@ existing file is replaced only by a complete new one."""
 
 import json
 
-from selfsup.tasks.atomic_files import write_json_atomically, write_text_atomically
+import pytest
+
+from selfsup.tasks.atomic_files import (
+    directory_written_atomically,
+    write_json_atomically,
+    write_text_atomically,
+)
 
 
 def test_json_lands_whole_in_a_new_directory_and_no_temporary_file_stays(tmp_path):
@@ -21,3 +27,25 @@ def test_an_existing_file_is_replaced_not_appended(tmp_path):
     write_text_atomically(path, "new\n")
     assert path.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo.md"]
+
+
+def test_a_directory_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "data" / "sample_set"
+    with directory_written_atomically(target) as scratch:
+        assert scratch.parent == target.parent and scratch.is_dir() and not target.exists()
+        (scratch / "train").mkdir()
+        (scratch / "train" / "a.txt").write_text("a")
+    assert (target / "train" / "a.txt").read_text() == "a"
+    assert [p.name for p in target.parent.iterdir()] == ["sample_set"]
+    # A failure half-way leaves neither the target nor the scratch folder.
+    failed = tmp_path / "data" / "failed_set"
+    with pytest.raises(RuntimeError), directory_written_atomically(failed) as scratch:
+        (scratch / "half.txt").write_text("half")
+        raise RuntimeError("decoder crashed")
+    assert sorted(p.name for p in failed.parent.iterdir()) == ["sample_set"]
+    # Another process that finished first keeps its folder; ours is dropped without error.
+    with directory_written_atomically(target) as scratch:
+        (scratch / "train").mkdir()
+        (scratch / "train" / "b.txt").write_text("b")
+    assert sorted(p.name for p in (target / "train").iterdir()) == ["a.txt"]
+    assert [p.name for p in target.parent.iterdir()] == ["sample_set"]
